@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up everything it needs
+# on a fresh machine (Debian packages, a virtualenv with pinned packages) and is safe to re-run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps services demo test lint clean
+
+# Real DICOM tools for the tests (dciodvfy from dicom3tools, dcmdump from dcmtk).
+system-deps:
+	@command -v dciodvfy >/dev/null && command -v dcmdump >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends dicom3tools dcmtk; }
+
+# PostgreSQL runs on these machines; start it if it has stopped.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || \
+	  { command -v pg_ctlcluster >/dev/null && $(SUDO) pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; } || \
+	  echo "warning: PostgreSQL is not running at 127.0.0.1:5432"
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip==25.3
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	# The embedded OPA engine: its metadata claims Python >= 3.14 but it runs on 3.11 (tests/test_policy_engine.py).
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --ignore-requires-python opa-golib-python-bindings==0.4.4
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/connector demo
+
+test: system-deps services setup
+	$(BIN)/ruff check connector catalog tests benchmarks
+	REQUIRE_POSTGRES_TESTS=1 $(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check connector catalog tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache .ruff_cache

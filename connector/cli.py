@@ -1,0 +1,327 @@
+"""The `connector` command: every user group's entry point (typer).
+
+Each command loads the settings once, reports a bad configuration or an unreachable database as
+one readable line with a non-zero exit, and never prints a secret or a token it did not mint.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connector import __version__
+from connector.crypto.keyfile import KeyFileError
+from connector.db.engine import DatabaseUnavailable
+from connector.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="Secure data-space connector for cross-border medical imaging exchange.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the metadata database schema.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Development tokens from the embedded issuer (demo and tests only).", no_args_is_help=True
+)
+audit_app = typer.Typer(help="Read and verify the tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+class CliState:
+    config_file: Path | None = None
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def settings() -> Settings:
+    try:
+        return load_settings(CliState.config_file)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+
+
+@contextmanager
+def runtime_for(loaded: Settings) -> Iterator:  # type: ignore[type-arg]
+    """The assembled connector, with start-up failures turned into one readable line."""
+    from connector.runtime import build_runtime
+
+    try:
+        runtime = build_runtime(loaded)
+    except (DatabaseUnavailable, KeyFileError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"imaging-connector {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML settings file (also CONNECTOR_CONFIG).", dir_okay=False),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    CliState.config_file = config
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: setting `host`).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: setting `port`).")] = None,
+) -> None:
+    """Start the API service (OpenAPI docs at /docs, probes at /healthz and /readyz)."""
+    import uvicorn
+
+    from connector.api.app import create_app
+    from connector.observability.logging import configure_logging
+
+    loaded = settings()
+    configure_logging(loaded.log_level, loaded.log_format)
+    with runtime_for(loaded) as runtime:
+        runtime.audit.record(
+            cli_actor(), "service.start", loaded.connector_id, "success", details={"version": __version__}
+        )
+        uvicorn.run(create_app(runtime), host=host or loaded.host, port=port or loaded.port, log_config=None)
+
+
+@config_app.command("show")
+def config_show(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Print the effective settings with secrets masked."""
+    data = settings().masked()
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table("setting", "value", title="Effective settings")
+    for key, value in data.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, list | dict) else str(value))
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all pending migrations."""
+    from connector.db.engine import check_database, make_engine, safe_url
+    from connector.db.migrate import current_revision, upgrade
+
+    loaded = settings()
+    engine = make_engine(loaded.effective_database_url)
+    try:
+        check_database(engine)
+        upgrade(engine)
+    except DatabaseUnavailable as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"database {safe_url(loaded.effective_database_url)} at revision {current_revision(engine)}"
+    )
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the schema revision of the database and the one this connector needs."""
+    from connector.db.engine import check_database, make_engine, safe_url
+    from connector.db.migrate import current_revision, head_revision
+
+    loaded = settings()
+    engine = make_engine(loaded.effective_database_url)
+    try:
+        check_database(engine)
+    except DatabaseUnavailable as exc:
+        raise _fail(str(exc)) from None
+    current, head = current_revision(engine), head_revision()
+    console.print(f"database {safe_url(loaded.effective_database_url)}: revision {current}, needed {head}")
+    if current != head:
+        raise typer.Exit(1)
+
+
+@token_app.command("issue")
+def token_issue(
+    role: Annotated[
+        list[str], typer.Option("--role", "-r", help="steward, dpo, researcher, hdab or peer (repeatable).")
+    ],
+    sub: Annotated[str, typer.Option("--sub", help="The subject (user or system id).")],
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=60, max=86400)] = 3600,
+    org: Annotated[str | None, typer.Option(help="The subject's organisation.")] = None,
+    country: Annotated[str | None, typer.Option(help="ISO 3166-1 alpha-2 country of the subject.")] = None,
+) -> None:
+    """Mint a token from the embedded development issuer and print it on stdout."""
+    loaded = settings()
+    if not loaded.dev_issuer_enabled:
+        raise _fail("the development issuer is disabled (dev_issuer_enabled = false)")
+    with runtime_for(loaded) as runtime:
+        try:
+            token = runtime.dev_issuer.issue(sub, role, ttl_seconds=ttl, organisation=org, country=country)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        runtime.audit.record(
+            cli_actor(), "token.issue", sub, "success", details={"roles": sorted(role), "ttl": ttl}
+        )
+    print(token)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (
+        (value if value.tzinfo else value.replace(tzinfo=UTC))
+        .astimezone(UTC)
+        .strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    )
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the whole hash chain and the signed checkpoints; name the first bad entry."""
+    with runtime_for(settings()) as runtime:
+        result = runtime.audit.verify()
+    if result.ok:
+        console.print(
+            f"[green]audit trail intact[/]: {result.entries_checked} entries, "
+            f"{result.checkpoints_checked} signed checkpoints, head at {result.last_seq}"
+        )
+        return
+    raise _fail(f"audit trail TAMPERED at entry {result.first_bad_seq}: {result.problem}", code=1)
+
+
+@audit_app.command("show")
+def audit_show(
+    actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action, or a prefix ending in '*'.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="From this time (UTC unless given).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Before this time.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many entries.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List audit entries, filtered by actor, action and time."""
+    with runtime_for(settings()) as runtime:
+        records = runtime.audit.query(actor, action, _iso(since), _iso(until), limit=limit)
+    if as_json:
+        for record in records:
+            print(json.dumps(record.as_json(), ensure_ascii=False))
+        return
+    table = Table("seq", "time (UTC)", "actor", "action", "object", "outcome", "reasons", title="Audit trail")
+    for record in records:
+        table.add_row(
+            str(record.seq),
+            record.ts[:19],
+            record.actor,
+            record.action,
+            record.object,
+            record.outcome,
+            "; ".join(json.loads(record.reasons)),
+        )
+    console.print(table)
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Argument(help="JSON-lines file to write ('-' for stdout).")],
+    actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action, or a prefix ending in '*'.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="From this time.")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Before this time.")] = None,
+) -> None:
+    """Export entries as JSON lines (with their hashes, so a copy can be checked later)."""
+    with runtime_for(settings()) as runtime:
+        runtime.audit.record(cli_actor(), "audit.export", "audit", "success")
+        handle = sys.stdout if str(out) == "-" else out.open("w", encoding="utf-8")
+        count = 0
+        try:
+            for record in runtime.audit.iter_entries(actor, action, _iso(since), _iso(until)):
+                handle.write(json.dumps(record.as_json(), ensure_ascii=False) + "\n")
+                count += 1
+        finally:
+            if handle is not sys.stdout:
+                handle.close()
+    if str(out) != "-":
+        console.print(f"{count} entries written to {out}")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign the current head of the chain with the connector's key now."""
+    with runtime_for(settings()) as runtime:
+        signed = runtime.audit.checkpoint()
+    console.print("audit trail is empty" if signed is None else f"checkpoint signed at entry {signed[0]}")
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder to write the synthetic identified cohort into.", file_okay=False)
+    ],
+    patients: Annotated[int, typer.Option(min=1, max=100_000, help="Number of patients.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
+) -> None:
+    """Write realistic synthetic identified DICOM studies (CT, MR, CR/DX, MG, US, SC, SR) for tests."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from connector.synth import count_files, generate_cohort
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+    ) as progress:
+        task = progress.add_task("synthesising", total=count_files(patients))
+        summary = generate_cohort(out_dir, patients, seed=seed, progress=lambda n: progress.advance(task, n))
+    console.print(
+        f"{summary.files} files, {summary.studies} studies, {summary.series} series "
+        f"of {summary.patients} patients "
+        f"({summary.bytes / 1e6:.1f} MB) in {summary.out_dir}; planted PHI listed in {summary.manifest}"
+    )
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Folder for the demo's own data (wiped at start).")] = Path(
+        "demo-data"
+    ),
+    patients: Annotated[int, typer.Option(min=1, max=1000, help="Patients in the synthetic cohort.")] = 4,
+) -> None:
+    """Run the end-to-end demo on embedded defaults (no server to install)."""
+    from connector.demo import run_demo
+
+    try:
+        run_demo(data_dir.absolute(), patients, console)
+    except (SettingsError, DatabaseUnavailable, KeyFileError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Cryptographic building blocks: key files and signatures (envelope encryption comes with storage)."""

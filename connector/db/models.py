@@ -1,0 +1,8 @@
+"""Imports every domain's models so that Alembic and tests see the whole schema.
+
+Add one import line per domain package that declares tables; declare no table here.
+"""
+
+from connector.audit.models import AuditCheckpoint, AuditEntry, AuditHead
+
+__all__ = ["AuditCheckpoint", "AuditEntry", "AuditHead"]

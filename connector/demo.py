@@ -1,0 +1,169 @@
+"""The end-to-end demo on embedded defaults: nothing to install, nothing left running.
+
+It synthesises an identified cohort, starts the real service on a free loopback port,
+authenticates as each user role and shows what each may see. It must only ever touch its own
+data folder (marked by a `.connector-demo` file) and 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from connector.api.app import create_app
+from connector.identity.roles import Role
+from connector.observability.logging import configure_logging
+from connector.runtime import Runtime, build_runtime
+from connector.settings import load_settings
+
+MARKER = ".connector-demo"
+
+# Who the demo signs in as: one person or system per role.
+PEOPLE = {
+    Role.STEWARD: ("steward-anna", "Example University Hospital", "BE"),
+    Role.DPO: ("dpo-bruno", "Example University Hospital", "BE"),
+    Role.RESEARCHER: ("researcher-chiara", "Istituto Tumori AI Lab", "IT"),
+    Role.HDAB: ("hdab-be", "Belgian Health Data Agency", "BE"),
+    Role.PEER: ("connector-nl-umc", "NL University Medical Centre", "NL"),
+}
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Start from an empty demo folder, refusing to wipe anything the demo did not create."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (data_dir / MARKER).exists():
+            raise RuntimeError(f"{data_dir} is not empty and is not a demo folder; choose another --data-dir")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("created by `connector demo`; deleted by the next demo run\n")
+
+
+@contextmanager
+def serving(runtime: Runtime) -> Iterator[str]:
+    """Run the real API on a free 127.0.0.1 port in a thread; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime), log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the demo service did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _mark(status: int) -> str:
+    return {
+        200: "[green]200 allowed[/]",
+        401: "[red]401 unauthenticated[/]",
+        403: "[yellow]403 forbidden[/]",
+    }.get(status, str(status))
+
+
+def show_access(console: Console, client: httpx.Client, tokens: dict[Role, str]) -> None:
+    """Call every read route as every role and print what each may see."""
+    probes = [
+        ("GET", "/v1/me"),
+        ("GET", "/v1/config"),
+        ("GET", "/v1/audit?limit=5"),
+        ("GET", "/v1/audit/verify"),
+    ]
+    table = Table("route", *[role.value for role in tokens], "no token", title="What each role may see")
+    for method, path in probes:
+        cells = [
+            _mark(client.request(method, path, headers={"authorization": f"Bearer {token}"}).status_code)
+            for token in tokens.values()
+        ]
+        cells.append(_mark(client.request(method, path).status_code))
+        table.add_row(f"{method} {path}", *cells)
+    console.print(table)
+
+
+def run_demo(data_dir: Path, patients: int, console: Console) -> None:
+    from connector.synth import generate_cohort
+
+    configure_logging("WARNING", "console")
+    prepare_data_dir(data_dir)
+    settings = load_settings(data_dir=data_dir)
+    console.print(
+        Panel.fit("Imaging data-space connector: end-to-end demo (embedded defaults)", style="bold")
+    )
+
+    console.rule("1. A synthetic identified cohort, as a hospital PACS would hold it")
+    summary = generate_cohort(data_dir / "incoming", patients, seed=2026)
+    console.print(
+        f"{summary.files} DICOM files, {summary.studies} studies of {summary.patients} patients "
+        f"({summary.bytes / 1e6:.1f} MB) with PHI planted everywhere real files carry it"
+    )
+
+    console.rule("2. The connector service on 127.0.0.1")
+    runtime = build_runtime(settings)
+    try:
+        with serving(runtime) as base, httpx.Client(base_url=base, timeout=30) as client:
+            ready = client.get("/readyz").json()
+            console.print(f"service at {base}: {ready['status']} {ready['checks']}")
+
+            console.rule("3. Each user group signs in (tokens from the embedded development issuer)")
+            assert runtime.dev_issuer is not None
+            tokens = {
+                role: runtime.dev_issuer.issue(
+                    sub, [role], ttl_seconds=900, organisation=org, country=country
+                )
+                for role, (sub, org, country) in PEOPLE.items()
+            }
+            for role, token in tokens.items():
+                me = client.get("/v1/me", headers={"authorization": f"Bearer {token}"}).json()
+                routes = ", ".join(
+                    f"{item['method']} {item['path']}"
+                    for item in me["may_call"]
+                    if item["path"].startswith("/v1")
+                )
+                console.print(
+                    f"[bold]{role.value:<10}[/] {me['subject']} ({me['organisation']}, {me['country']}) "
+                    f"may call: {routes}"
+                )
+            show_access(console, client, tokens)
+            forged = tokens[Role.DPO][:-6] + "AAAAAA"
+            reply = client.get("/v1/audit", headers={"authorization": f"Bearer {forged}"})
+            console.print(
+                f"a forged DPO token: {reply.status_code} {reply.json()['error']}: {reply.json()['detail']}"
+            )
+
+            console.rule("4. The DPO checks the tamper-evident audit trail")
+            dpo = {"authorization": f"Bearer {tokens[Role.DPO]}"}
+            client.post("/v1/audit/checkpoint", headers=dpo)
+            entries = client.get("/v1/audit", params={"action": "auth.*"}, headers=dpo).json()["entries"]
+            for entry in entries:
+                console.print(
+                    f"  #{entry['seq']} {entry['actor']} {entry['action']} {entry['object']}: "
+                    f"{entry['outcome']} ({'; '.join(entry['reasons'])})"
+                )
+            verdict = client.get("/v1/audit/verify", headers=dpo).json()
+            console.print(
+                f"audit chain intact: {verdict['ok']} ({verdict['entries_checked']} entries, "
+                f"{verdict['checkpoints_checked']} signed checkpoints)"
+            )
+    finally:
+        runtime.close()
+    console.rule("Done")
+    console.print(f"Everything the demo made is in {data_dir}; run it again to start over.")

@@ -1,0 +1,1 @@
+"""Identity: bearer-token verification against trusted issuers, roles, and the development issuer."""

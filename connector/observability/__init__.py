@@ -1,0 +1,1 @@
+"""Logging and request context: what operators see of the running service."""

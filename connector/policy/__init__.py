@@ -1,0 +1,1 @@
+"""The policy engine: OPA evaluating the DPO's Rego policies (embedded by default)."""

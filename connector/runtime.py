@@ -1,0 +1,97 @@
+"""Builds the running connector's parts from the settings, once, for the API and the CLI alike.
+
+Callers get parts by interface; only this module knows which implementation the settings chose.
+It must never start serving anything: it only assembles and checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from connector.audit.log import AuditLog
+from connector.crypto.signing import ConnectorSigningKey
+from connector.db.engine import DatabaseUnavailable, check_database, make_engine, session_factory
+from connector.db.migrate import current_revision, head_revision, upgrade
+from connector.identity.dev_issuer import DevIssuer
+from connector.identity.jwks import RemoteJwks, load_jwks_file
+from connector.identity.verifier import TokenVerifier, TrustedIssuer
+from connector.policy.engine import EmbeddedOpaEngine
+from connector.settings import Settings
+from connector.storage.objects import LocalObjectStore, ObjectStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    objects: ObjectStore
+    signing_key: ConnectorSigningKey
+    audit: AuditLog
+    verifier: TokenVerifier
+    dev_issuer: DevIssuer | None
+    _policy: EmbeddedOpaEngine | None = field(default=None, repr=False)
+
+    @property
+    def policy(self) -> EmbeddedOpaEngine:
+        # The native engine loads on first use, so commands that decide nothing start fast.
+        if self._policy is None:
+            self._policy = EmbeddedOpaEngine()
+        return self._policy
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def trusted_issuers(settings: Settings, dev_issuer: DevIssuer | None) -> list[TrustedIssuer]:
+    issuers = [
+        TrustedIssuer(
+            issuer=item.issuer,
+            jwks=RemoteJwks(item.jwks_url) if item.jwks_url else load_jwks_file(item.jwks_file),  # type: ignore[arg-type]
+            roles_claim=item.roles_claim,
+            algorithms=tuple(item.algorithms),
+        )
+        for item in settings.trusted_issuers
+    ]
+    if dev_issuer is not None:
+        issuers.append(dev_issuer.trusted_issuer())
+    return issuers
+
+
+def open_database(settings: Settings) -> Engine:
+    """Connect, and bring the schema to the current revision (or say how to)."""
+    engine = make_engine(settings.effective_database_url)
+    check_database(engine)
+    if settings.auto_migrate:
+        upgrade(engine)
+    elif current_revision(engine) != head_revision():
+        raise DatabaseUnavailable(
+            f"the database schema is at revision {current_revision(engine)}, this connector needs "
+            f"{head_revision()}: run `connector db upgrade`"
+        )
+    return engine
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Assemble every part; raises DatabaseUnavailable or KeyFileError with a readable message."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = open_database(settings)
+    sessions = session_factory(engine)
+    signing_key = ConnectorSigningKey.load_or_create(settings.keys_dir / "connector-ed25519.pem")
+    dev_issuer = (
+        DevIssuer.load_or_create(settings.keys_dir / "dev-issuer", settings.dev_issuer_id, settings.audience)
+        if settings.dev_issuer_enabled
+        else None
+    )
+    verifier = TokenVerifier(
+        trusted_issuers(settings, dev_issuer),
+        audience=settings.audience,
+        leeway_seconds=settings.token_leeway_seconds,
+        max_lifetime_seconds=settings.token_max_lifetime_seconds,
+    )
+    audit = AuditLog(sessions, signing_key, settings.connector_id, settings.audit_checkpoint_every)
+    objects = LocalObjectStore(settings.effective_objects_dir)
+    return Runtime(settings, engine, sessions, objects, signing_key, audit, verifier, dev_issuer)

@@ -1,0 +1,210 @@
+"""Every setting of the connector, with its embedded default.
+
+Values come, highest priority first, from keyword arguments, `CONNECTOR_*` environment variables
+and a TOML file (`connector --config FILE` or `CONNECTOR_CONFIG`). Unknown keys and bad values stop
+start-up with a message naming the key. This module must never print a secret: use `masked()`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+
+ENV_PREFIX = "CONNECTOR_"
+CONFIG_ENV = "CONNECTOR_CONFIG"
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory (XDG), so that a bare `connector serve` works anywhere."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "imaging-connector"
+
+
+class SettingsError(Exception):
+    """The configuration is unusable; the message names the offending key."""
+
+
+class IssuerSettings(BaseModel):
+    """An identity provider whose bearer tokens the connector accepts (the hospital's OIDC, an HDAB)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(min_length=1, description="The exact `iss` claim of its tokens.")
+    jwks_url: str | None = Field(
+        default=None, description="Where its JWKS is published (https in production)."
+    )
+    jwks_file: Path | None = Field(default=None, description="A JWKS file, for offline or pinned keys.")
+    roles_claim: str = Field(
+        default="roles", description="Dotted path to the roles claim, e.g. realm_access.roles."
+    )
+    algorithms: list[Literal["RS256", "ES256", "EdDSA"]] = Field(default=["RS256", "ES256", "EdDSA"])
+
+    @field_validator("jwks_file")
+    @classmethod
+    def _jwks_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"JWKS file {value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSettings:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError(f"issuer {self.issuer!r} needs exactly one of jwks_url or jwks_file")
+        return self
+
+
+class Settings(BaseSettings):
+    """The effective configuration. Paths left unset derive from `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_nested_delimiter="__")
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="Holds the database, objects and keys."
+    )
+    database_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in data_dir. postgresql+psycopg://..."
+    )
+    objects_dir: Path | None = Field(default=None, description="Object folder; default: data_dir/objects.")
+    auto_migrate: bool = Field(default=True, description="Apply database migrations at start-up.")
+
+    host: str = Field(default="127.0.0.1", description="Address `connector serve` binds to.")
+    port: int = Field(default=8600, ge=1, le=65535)
+    api_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest JSON body the API accepts."
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8600", description="How peers and researchers reach us."
+    )
+
+    connector_id: str = Field(default="urn:connector:example-hospital", min_length=1)
+    organisation: str = Field(default="Example University Hospital", min_length=1)
+    country: str = Field(
+        default="BE", pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 of the hospital."
+    )
+
+    audience: str = Field(default="imaging-connector", min_length=1, description="Required `aud` of tokens.")
+    trusted_issuers: list[IssuerSettings] = Field(default_factory=list)
+    dev_issuer_enabled: bool = Field(default=True, description="Accept tokens of the embedded dev issuer.")
+    dev_issuer_id: str = Field(default="urn:connector:dev-issuer", min_length=1)
+    token_leeway_seconds: int = Field(default=60, ge=0, le=300, description="Clock skew allowed (bounded).")
+    token_max_lifetime_seconds: int = Field(default=86400, ge=60, le=7 * 86400)
+
+    audit_checkpoint_every: int = Field(default=100, ge=1, le=100_000)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("data_dir", "objects_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().absolute() if value is not None else None
+
+    @field_validator("database_url")
+    @classmethod
+    def _parseable_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                make_url(value.get_secret_value())
+            except Exception as exc:  # sqlalchemy raises ArgumentError; the text may hold the password
+                raise ValueError("not a valid SQLAlchemy database URL") from exc
+        return value
+
+    # Derived values: one place decides where things live.
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'connector.db'}"
+
+    @property
+    def effective_objects_dir(self) -> Path:
+        return self.objects_dir or self.data_dir / "objects"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, with every secret masked (for `config show`)."""
+        data = self.model_dump(mode="json")
+        data["database_url"] = make_url(self.effective_database_url).render_as_string(hide_password=True)
+        data["objects_dir"] = str(self.effective_objects_dir)
+        return data
+
+
+def _unknown_environment_keys() -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_ENV}
+    return sorted(
+        key
+        for key in os.environ
+        if key.startswith(ENV_PREFIX) and key not in known and key.split("__")[0] not in known
+    )
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(settings)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown setting '{key}'")
+        else:
+            # Never echo the input: it may be a password or a key.
+            lines.append(f"setting '{key}': {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from overrides, environment and the TOML file; SettingsError names the bad key."""
+    if config_file is None and os.environ.get(CONFIG_ENV):
+        config_file = Path(os.environ[CONFIG_ENV])
+    unknown = _unknown_environment_keys()
+    if unknown:
+        raise SettingsError("unknown setting in environment: " + ", ".join(unknown))
+    if config_file is not None:
+        if not config_file.is_file():
+            raise SettingsError(f"config file {config_file} does not exist")
+        try:
+            with config_file.open("rb") as handle:
+                tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {config_file} is not valid TOML: {exc}") from None
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    try:
+        loaded = _FileSettings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    return Settings.model_construct(**{name: getattr(loaded, name) for name in Settings.model_fields})

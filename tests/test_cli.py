@@ -1,0 +1,120 @@
+"""The `connector` command as a person uses it: help everywhere, tokens, serve, the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import typer
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from connector.cli import app
+from connector.runtime import build_runtime
+from connector.settings import load_settings
+
+
+def _command_paths(group: typer.core.TyperGroup, prefix: list[str]) -> list[list[str]]:
+    paths = [prefix]
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            paths.extend(_command_paths(command, [*prefix, name]))
+        else:
+            paths.append([*prefix, name])
+    return paths
+
+
+@pytest.mark.parametrize(
+    "path", _command_paths(get_command(app), []), ids=lambda p: " ".join(p) or "connector"
+)
+def test_every_command_has_help(path: list[str]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_token_issue_prints_a_token_the_service_accepts(tmp_path: Path) -> None:
+    env = {"CONNECTOR_DATA_DIR": str(tmp_path)}
+    result = CliRunner().invoke(app, ["token", "issue", "--role", "dpo", "--sub", "alice"], env=env)
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    runtime = build_runtime(load_settings(data_dir=tmp_path))
+    principal = runtime.verifier.verify(token)
+    assert (principal.subject, sorted(principal.roles)) == ("alice", ["dpo"])
+    issued = runtime.audit.query(action="token.issue")
+    assert [e.object for e in issued] == ["alice"]
+    assert token not in str([e.as_json() for e in issued])
+    runtime.close()
+
+
+def test_token_issue_refuses_an_unknown_role(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["token", "issue", "--role", "admin", "--sub", "x"], env={"CONNECTOR_DATA_DIR": str(tmp_path)}
+    )
+    assert result.exit_code == 2
+    assert "admin" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_starts_the_real_service_and_logs_json(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "CONNECTOR_DATA_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail(
+                        f"serve did not start: {process.stderr.read() if process.poll() is not None else ''}"
+                    )
+                time.sleep(0.2)
+        assert ready.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/me", timeout=5).status_code == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    lines = [line for line in stderr.splitlines() if line.startswith("{")]
+    import json
+
+    records = [json.loads(line) for line in lines]
+    access = [r for r in records if r["logger"] == "connector.access"]
+    assert {r["path"] for r in access} >= {"/readyz", "/v1/me"}
+    assert all("request_id" in r for r in access)
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path / "demo"), "--patients", "1"])
+    assert result.exit_code == 0, result.output
+    assert "audit chain intact: True" in result.output
+    assert "403 forbidden" in result.output and "200 allowed" in result.output
+
+
+def test_demo_refuses_to_wipe_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "study.dcm").write_bytes(b"keep me")
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(precious)])
+    assert result.exit_code == 2
+    assert (precious / "study.dcm").read_bytes() == b"keep me"
