@@ -20,10 +20,10 @@ services:
 	  { command -v pg_ctlcluster >/dev/null && $(SUDO) pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; } || \
 	  echo "warning: PostgreSQL is not running at 127.0.0.1:5432"
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml requirements.lock Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip==25.3
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
 	# The embedded OPA engine: its metadata claims Python >= 3.14 but it runs on 3.11 (tests/test_policy_engine.py).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --ignore-requires-python opa-golib-python-bindings==0.4.4
 	touch $(STAMP)

@@ -50,7 +50,9 @@ def trusted_issuers(settings: Settings, dev_issuer: DevIssuer | None) -> list[Tr
     issuers = [
         TrustedIssuer(
             issuer=item.issuer,
-            jwks=RemoteJwks(item.jwks_url) if item.jwks_url else load_jwks_file(item.jwks_file),  # type: ignore[arg-type]
+            jwks=RemoteJwks(item.jwks_url, allow_insecure_http=item.allow_insecure_http)
+            if item.jwks_url
+            else load_jwks_file(item.jwks_file),  # type: ignore[arg-type]
             roles_claim=item.roles_claim,
             algorithms=tuple(item.algorithms),
         )

@@ -53,6 +53,9 @@ class IssuerSettings(BaseModel):
         default=None, description="Where its JWKS is published (https in production)."
     )
     jwks_file: Path | None = Field(default=None, description="A JWKS file, for offline or pinned keys.")
+    allow_insecure_http: bool = Field(
+        default=False, description="Accept a plain-http jwks_url (an internal IdP on a trusted network)."
+    )
     roles_claim: str = Field(
         default="roles", description="Dotted path to the roles claim, e.g. realm_access.roles."
     )
