@@ -1,0 +1,148 @@
+"""De-identify one DICOM file: read, check, clean pixels, apply the plan, mark, encode, verify.
+
+Returns the encoded bytes or a refusal with a reason code; it never writes into the output
+folder itself (the batch does, atomically) and never puts an original value into a reason.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID
+
+from connector import __version__
+from connector.deid.keys import DatasetKeys
+from connector.deid.markers import add_markers
+from connector.deid.pixels import PixelCleaningRefused, clean_pixels, may_carry_burned_in_text
+from connector.deid.plan import Plan
+from connector.deid.transform import DUMMY_TEXT, apply_plan, clean_deferred, new_work
+from connector.deid.verify import find_leaks
+
+IMPLEMENTATION_CLASS_UID = "2.25.181113935498374591925722209873829245310"
+IMPLEMENTATION_VERSION = f"IMGCONN_{__version__}"[:16]
+# Values our own replacements write: finding them in the output is not a leak.
+_OUR_VALUES = {DUMMY_TEXT.encode(), b"19000101", b"000000", b"19000101000000", b"000Y", b"090Y", b"***"}
+
+
+class Refused(Exception):
+    """The instance cannot be de-identified safely; `code` is stable, the message is safe to show."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Deidentified:
+    encoded: bytes
+    pseudonym: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    modality: str
+    pixel_rule: str | None
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @property
+    def relative_path(self) -> str:
+        return f"{self.pseudonym}/{self.study_uid}/{self.series_uid}/{self.sop_instance_uid}.dcm"
+
+
+def read_instance(path: Path) -> Dataset:
+    try:
+        ds = dcmread(path)
+    except InvalidDicomError:
+        raise Refused("not_dicom", "not a DICOM file (no DICM preamble and no recognisable dataset)") from None
+    except (EOFError, OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise Refused("unreadable", f"cannot be parsed: truncated or corrupt ({type(exc).__name__})") from None
+    _check(ds)
+    return ds
+
+
+def _check(ds: Dataset) -> None:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None:
+        raise Refused("unsupported_transfer_syntax", "no transfer syntax in the file meta information")
+    if not UID(syntax).is_transfer_syntax:
+        raise Refused("unsupported_transfer_syntax", f"unknown transfer syntax {str(syntax)[:64]}")
+    if not str(ds.get("SOPInstanceUID", "")).strip():
+        raise Refused("missing_sop_instance_uid", "the instance has no SOP Instance UID")
+    if not str(ds.get("SOPClassUID", "")).strip():
+        raise Refused("missing_sop_class_uid", "the instance has no SOP Class UID")
+    if "PixelData" in ds and not UID(syntax).is_compressed:
+        expected = _expected_pixel_bytes(ds)
+        if expected is not None and len(ds.PixelData) < expected:
+            raise Refused("truncated_pixel_data", f"pixel data holds {len(ds.PixelData)} of {expected} bytes")
+
+
+def _expected_pixel_bytes(ds: Dataset) -> int | None:
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * frames
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (count * bits + 7) // 8
+
+
+def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
+    ds = read_instance(path)
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    modality = str(ds.get("Modality", "") or "")[:16]
+    pixel_rule = None
+    if may_carry_burned_in_text(ds):
+        try:
+            pixel_rule = clean_pixels(ds, plan)
+        except PixelCleaningRefused as exc:
+            raise Refused("burned_in_text", str(exc)) from None
+        syntax = UID(ds.file_meta.TransferSyntaxUID)
+    work = new_work(ds, plan, keys)
+    # The original file meta names the instance too; it is rebuilt below, never copied.
+    for value in (ds.file_meta.get("MediaStorageSOPInstanceUID"), ds.file_meta.get("SourceApplicationEntityTitle")):
+        if value and len(str(value).strip()) >= 3:
+            work.identifying.setdefault(str(value).strip().encode(), "FileMetaInformation")
+    try:
+        apply_plan(ds, work)
+        clean_deferred(work)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, NotImplementedError) as exc:
+        # A value that cannot be decoded is a corrupt element: nothing of the instance is written.
+        raise Refused("unreadable", f"an element cannot be decoded ({type(exc).__name__})") from None
+    add_markers(ds, plan)
+    ds.file_meta = _file_meta(ds, syntax)
+    buffer = io.BytesIO()
+    try:
+        dcmwrite(buffer, ds, enforce_file_format=True)
+    except Exception as exc:
+        raise Refused("unwritable", f"the de-identified instance cannot be encoded ({type(exc).__name__})") from None
+    encoded = buffer.getvalue()
+    leaks = find_leaks(encoded, work.identifying, work.kept | _OUR_VALUES | {work.pseudonym.encode()})
+    if leaks:
+        raise Refused("leak", "identifying values survived in: " + ", ".join(leaks[:20]))
+    return Deidentified(
+        encoded=encoded,
+        pseudonym=work.pseudonym,
+        study_uid=str(ds.get("StudyInstanceUID", "") or "no-study"),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or "no-series"),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        modality=modality,
+        pixel_rule=pixel_rule,
+        actions=work.actions,
+    )
+
+
+def _file_meta(ds: Dataset, syntax: UID) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    return meta

@@ -1,0 +1,360 @@
+"""Apply a compiled Plan to one dataset, recursively, and remember what was identifying.
+
+Every element, in every sequence item at any depth (SR content trees included), gets exactly
+the plan's operation; private elements are removed unless on the safe list. The original values
+of everything removed, blanked or replaced are collected as the instance's identifying values,
+for cleaning free text and for leak verification. This module never writes files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from connector.deid.keys import DatasetKeys
+from connector.deid.plan import Op, Plan
+
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
+DUMMY_TEXT = "ANONYMIZED"
+_DUMMIES = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y", "DS": "0", "IS": "0", "UR": ""}
+_MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "PN": 64, "SH": 16, "UC": 1024}
+_MIN_IDENTIFYING = 3  # shorter values (sex, a digit) are removed but too common to scan for
+_PRINTABLE = re.compile(rb"^[\x20-\x7e\x80-\xff\t\r\n]+$")
+_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})(.*)$")
+_SCRUB_PATTERNS = (
+    re.compile(r"\b\d{4}[-./]\d{1,2}[-./]\d{1,2}\b"),  # ISO-like dates
+    re.compile(r"\b\d{1,2}[-./]\d{1,2}[-./]\d{2,4}\b"),  # European dates
+    re.compile(r"\b(19|20)\d{6}\b"),  # DICOM DA
+    re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"),  # e-mail
+    re.compile(r"\+?\d[\d ()/-]{7,}\d"),  # phone numbers and long identifiers
+)
+REDACTED = "***"
+
+
+@dataclass
+class InstanceWork:
+    """Per-instance state while the plan is applied."""
+
+    plan: Plan
+    keys: DatasetKeys
+    pseudonym: str
+    date_offset: int
+    encodings: list[str]
+    identifying: dict[bytes, str] = field(default_factory=dict)  # value -> attribute it came from
+    kept: set[bytes] = field(default_factory=set)
+    to_clean: list[tuple[Dataset, int]] = field(default_factory=list)
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def _vr_of(item: object, tag: int) -> str:
+    vr = getattr(item, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _keyword(tag: int) -> str:
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
+    """The element's value as stored (raw bytes), or re-encoded when already converted."""
+    item = ds.get_item(tag)
+    if isinstance(item, RawDataElement):
+        return item.value if isinstance(item.value, bytes) else None
+    value = item.value
+    if isinstance(value, bytes):
+        return value
+    if value is None or isinstance(value, Sequence):
+        return None
+    text = "\\".join(str(v) for v in value) if isinstance(value, list | tuple | MultiValue) else str(value)
+    return text.encode("utf-8", "replace")
+
+
+def _values(raw: bytes | None, vr: str) -> list[bytes]:
+    """The searchable text values of an element (names also by component)."""
+    if not raw or vr in NUMBER_VRS or len(raw) > 4096:
+        return []
+    if vr in BINARY_VRS and not _PRINTABLE.match(raw):
+        return []
+    found = []
+    for value in raw.split(b"\\"):
+        value = value.strip(b" \x00")
+        if len(value) >= _MIN_IDENTIFYING:
+            found.append(value)
+        if vr == "PN" or vr in BINARY_VRS:
+            # Name components stand alone in free text and burned-in banners.
+            found.extend(part.strip() for part in re.split(rb"[\^=]", value) if len(part.strip()) >= _MIN_IDENTIFYING)
+    return found
+
+
+def _remember(work: InstanceWork, raw: bytes | None, vr: str, tag: int) -> None:
+    for value in _values(raw, vr):
+        work.identifying.setdefault(value, _keyword(tag))
+
+
+def _remember_tree(work: InstanceWork, sequence: Sequence) -> None:
+    for item in sequence:
+        for tag in list(item.keys()):
+            element = item.get_item(tag)
+            vr = _vr_of(element, int(tag))
+            if vr == "SQ":
+                _remember_tree(work, item[tag].value)
+            else:
+                _remember(work, _raw_bytes(item, int(tag)), vr, int(tag))
+
+
+def _dummy(vr: str, work: InstanceWork, ds: Dataset, tag: int) -> object:
+    if vr == "UI":
+        return _map_uids(ds[tag].value, work)
+    if vr in NUMBER_VRS:
+        return 0
+    if vr in BINARY_VRS:
+        return b""
+    return _DUMMIES.get(vr, DUMMY_TEXT)[: _MAX_LENGTH.get(vr, 64)]
+
+
+def _map_uids(value: object, work: InstanceWork) -> object:
+    if isinstance(value, list | tuple | MultiValue):
+        return [work.keys.uid(str(v)) for v in value]
+    return work.keys.uid(str(value)) if value else value
+
+
+def shift_date_text(value: str, vr: str, days: int) -> str | None:
+    """DA or DT moved back by `days`; None when the value is not a date we can shift."""
+    match = _DATE.match(value.strip())
+    if not match:
+        return None
+    try:
+        shifted = date(int(match.group(1)), int(match.group(2)), int(match.group(3))) - timedelta(days=days)
+    except ValueError:
+        return None
+    rest = match.group(4) if vr == "DT" else ""
+    return shifted.strftime("%Y%m%d") + rest
+
+
+def _shift(ds: Dataset, tag: int, vr: str, work: InstanceWork) -> bool:
+    """Shift a date in place; False when it must be removed instead."""
+    if vr not in {"DA", "DT"}:
+        return False
+    element = ds[tag]
+    values = element.value if element.VM > 1 else [element.value]
+    shifted = [shift_date_text(str(v), vr, work.date_offset) if v else "" for v in values]
+    if any(v is None for v in shifted):
+        element.value = _DUMMIES[vr]
+    else:
+        element.value = shifted if element.VM > 1 else shifted[0]
+    return True
+
+
+def _cap_age(value: str) -> str:
+    match = re.match(r"^(\d{3})([DWMY])$", value.strip())
+    if not match:
+        return ""
+    if match.group(2) == "Y" and int(match.group(1)) > 89:
+        return "090Y"
+    return value
+
+
+def _private_creators(ds: Dataset) -> dict[int, str]:
+    creators = {}
+    for tag in ds.keys():
+        t = int(tag)
+        if (t >> 16) & 1 and 0x0010 <= (t & 0xFFFF) <= 0x00FF:
+            value = ds[tag].value
+            creators[t] = value.strip() if isinstance(value, str) else str(value)
+    return creators
+
+
+def _apply_private(ds: Dataset, work: InstanceWork) -> None:
+    creators = _private_creators(ds)
+    kept_blocks: set[int] = set()
+    for tag in list(ds.keys()):
+        t = int(tag)
+        group, element = t >> 16, t & 0xFFFF
+        if not group & 1 or element < 0x1000:
+            continue
+        creator_tag = (group << 16) | (element >> 8)
+        creator = creators.get(creator_tag)
+        if creator is not None and (creator, group, element & 0xFF) in work.plan.safe_private:
+            kept_blocks.add(creator_tag)
+            work.actions[(f"private:{creator}:{group:04X}:{element & 0xFF:02X}", Op.KEEP.value)] += 1
+            continue
+        item = ds.get_item(tag)
+        vr = _vr_of(item, t)
+        if vr == "SQ" or (isinstance(item, RawDataElement) and vr == "UN" and _looks_like_sequence(item)):
+            try:
+                _remember_tree(work, ds[tag].value)
+            except Exception:  # an undecodable private blob: remove it all the same
+                _remember(work, _raw_bytes(ds, t), "UN", t)
+        else:
+            _remember(work, _raw_bytes(ds, t), vr, t)
+        del ds[tag]
+        work.actions[("private", Op.REMOVE.value)] += 1
+    for creator_tag, creator in creators.items():
+        if creator_tag not in kept_blocks:
+            _remember(work, creator.encode("utf-8", "replace"), "LO", creator_tag)
+            del ds[creator_tag]
+    # Orphaned private group lengths and other odd-group leftovers (e.g. gggg,0000-000F).
+    for tag in list(ds.keys()):
+        t = int(tag)
+        if (t >> 16) & 1 and (t & 0xFFFF) < 0x0010:
+            del ds[tag]
+
+
+def _looks_like_sequence(item: RawDataElement) -> bool:
+    value = item.value or b""
+    return item.length == 0xFFFFFFFF or value[:4] in (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+
+
+def apply_plan(ds: Dataset, work: InstanceWork) -> None:
+    """Apply the plan to `ds` and to every item of every sequence it keeps."""
+    _apply_private(ds, work)
+    plan = work.plan
+    for tag in list(ds.keys()):
+        t = int(tag)
+        if (t >> 16) & 1:
+            continue  # private: handled above
+        if t & 0xFFFF == 0:
+            del ds[tag]  # group lengths are recomputed by the writer, never trusted
+            continue
+        op = plan.op_for(t)
+        item = ds.get_item(tag)
+        vr = _vr_of(item, t)
+        work.actions[(_keyword(t), op.value)] += 1
+        if vr == "SQ":
+            _apply_to_sequence(ds, t, op, work)
+            continue
+        if op is Op.KEEP or op is Op.RECURSE:
+            if vr in TEXT_VRS:
+                work.kept.update(_values(_raw_bytes(ds, t), vr))
+            continue
+        raw = _raw_bytes(ds, t)
+        if op is Op.SHIFT_DATE and vr not in {"DA", "DT"} and vr in TEXT_VRS:
+            # Times and UTC offsets stay as they are: without the real date they identify no one.
+            work.kept.update(_values(raw, vr))
+            continue
+        if op is Op.CLEAN:
+            _clean_scalar(ds, t, vr, work, raw)
+            continue
+        _remember(work, raw, vr, t)
+        if op is Op.REMOVE:
+            del ds[tag]
+        elif op is Op.BLANK:
+            ds[tag].value = b"" if vr in BINARY_VRS else None
+        elif op is Op.DUMMY:
+            ds[tag].value = _dummy(vr, work, ds, t)
+        elif op is Op.UID:
+            ds[tag].value = _map_uids(ds[tag].value, work)
+        elif op is Op.PSEUDONYM:
+            ds[tag].value = work.pseudonym
+        elif op is Op.SHIFT_DATE and not _shift(ds, t, vr, work):
+            del ds[tag]
+
+
+def _apply_to_sequence(ds: Dataset, tag: int, op: Op, work: InstanceWork) -> None:
+    sequence = ds[tag].value
+    if op in (Op.REMOVE, Op.BLANK, Op.PSEUDONYM, Op.SHIFT_DATE, Op.UID):
+        _remember_tree(work, sequence)
+        if op is Op.REMOVE:
+            del ds[tag]
+        else:
+            ds[tag].value = Sequence()
+        return
+    # KEEP, RECURSE, DUMMY and CLEAN keep the structure and de-identify every item.
+    for item in sequence:
+        apply_plan(item, work)
+
+
+def _clean_scalar(ds: Dataset, tag: int, vr: str, work: InstanceWork, raw: bytes | None) -> None:
+    if vr in BINARY_VRS:
+        _remember(work, raw, vr, tag)
+        del ds[tag]
+    elif vr == "UI":
+        _remember(work, raw, vr, tag)
+        ds[tag].value = _map_uids(ds[tag].value, work)
+    elif vr == "AS":
+        ds[tag].value = _cap_age(str(ds[tag].value or ""))
+    elif vr in {"DA", "DT"}:
+        _remember(work, raw, vr, tag)
+        if not (work.plan.shifts_dates and _shift(ds, tag, vr, work)):
+            ds[tag].value = _DUMMIES[vr]
+    elif vr in {"PN"}:
+        _remember(work, raw, vr, tag)
+        ds[tag].value = DUMMY_TEXT
+    elif vr in TEXT_VRS and vr != "TM":
+        work.to_clean.append((ds, tag))  # once every identifying value of the instance is known
+
+
+def scrub_text(text: str, identifying: re.Pattern[str] | None) -> str:
+    """`text` with every identifying value and date, phone, e-mail pattern replaced by ***."""
+    if identifying is not None:
+        text = identifying.sub(REDACTED, text)
+    for pattern in _SCRUB_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def identifying_pattern(work: InstanceWork) -> re.Pattern[str] | None:
+    words = set()
+    for value in work.identifying.keys() - work.kept:
+        text = decode_bytes(value, work.encodings, set()).strip()
+        if len(text) >= _MIN_IDENTIFYING:
+            words.add(text)
+    if not words:
+        return None
+    alternatives = sorted(words, key=len, reverse=True)  # longest first: whole names before parts
+    return re.compile("|".join(re.escape(word) for word in alternatives), re.IGNORECASE)
+
+
+def clean_deferred(work: InstanceWork) -> None:
+    pattern = identifying_pattern(work)
+    for ds, tag in work.to_clean:
+        element = ds[tag]
+        if element.VM > 1:
+            element.value = [scrub_text(str(v), pattern) for v in element.value]
+        elif element.value:
+            element.value = scrub_text(str(element.value), pattern)
+
+
+def new_work(ds: Dataset, plan: Plan, keys: DatasetKeys) -> InstanceWork:
+    patient_key = patient_key_of(ds)
+    try:
+        encodings = convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6")
+    except Exception:
+        encodings = ["iso8859"]
+    return InstanceWork(
+        plan=plan,
+        keys=keys,
+        pseudonym=keys.pseudonym(patient_key),
+        date_offset=keys.date_offset_days(patient_key),
+        encodings=encodings,
+    )
+
+
+def patient_key_of(ds: Dataset) -> str:
+    """Who the instance belongs to, as the hospital identifies them (issuer-qualified ID)."""
+    patient_id = str(ds.get("PatientID") or "").strip()
+    issuer = str(ds.get("IssuerOfPatientID") or "").strip()
+    if patient_id:
+        return f"{issuer}|{patient_id}"
+    name = str(ds.get("PatientName") or "").strip()
+    birth = str(ds.get("PatientBirthDate") or "").strip()
+    if name:
+        return f"name|{name}|{birth}"
+    # No identity at all: each study stands alone.
+    return f"study|{ds.get('StudyInstanceUID', '')}"
