@@ -48,6 +48,8 @@ class Plan:
     safe_private: frozenset[tuple[str, int, int]] = frozenset()  # (creator, group, element low byte)
     pixel_rules: tuple[PixelRule, ...] = ()
     sources: dict[int, str] = field(default_factory=dict)  # tag -> recipe file that decided it
+    # Free-text descriptors (the Clean Descriptors rows): their words are not identifiers themselves.
+    descriptors: frozenset[int] = frozenset()
 
     def op_for(self, tag: int) -> Op:
         op = self.by_tag.get(tag)

@@ -161,6 +161,10 @@ def compile_recipes(
                         _boxes(rule.get("coordinates", []), label, path),
                     )
                 )
+    descriptors = frozenset(
+        _tag_of(action["field"], recipes_dir / "options/clean_descriptors.deid")
+        for action in _parse(recipes_dir / "options/clean_descriptors.deid").get_actions() or []
+    )
     try:
         compiled = tuple((re.compile(pattern), op) for pattern, op in patterns.items())
     except re.error as exc:
@@ -173,4 +177,5 @@ def compile_recipes(
         safe_private=frozenset(safe_private) if "retain-safe-private" in {o.name for o in chosen} else frozenset(),
         pixel_rules=tuple(rules) if any(o.name == "clean-pixel-data" for o in chosen) else (),
         sources=sources,
+        descriptors=descriptors,
     )

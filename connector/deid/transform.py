@@ -21,6 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from connector.deid.keys import DatasetKeys
+from connector.deid.options import SAFE_ATTRIBUTES
 from connector.deid.plan import Op, Plan
 
 TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
@@ -102,7 +103,18 @@ def _values(raw: bytes | None, vr: str) -> list[bytes]:
     return found
 
 
+# Prose, and code strings (enumerated terms such as TEXT or CHEST): never identifiers to hunt for.
+FREE_TEXT_VRS = frozenset({"LT", "ST", "UT", "CS", "AS"})
+
+
 def _remember(work: InstanceWork, raw: bytes | None, vr: str, tag: int) -> None:
+    """Note an original value as identifying: names, IDs, dates, UIDs, addresses, not prose.
+
+    Free text and descriptors are removed or cleaned, but their words are no identifiers to hunt
+    for elsewhere (a body part named in a removed description is no leak in Body Part Examined).
+    """
+    if vr in FREE_TEXT_VRS or tag in work.plan.descriptors:
+        return
     for value in _values(raw, vr):
         work.identifying.setdefault(value, _keyword(tag))
 
@@ -240,7 +252,9 @@ def apply_plan(ds: Dataset, work: InstanceWork) -> None:
             _apply_to_sequence(ds, t, op, work)
             continue
         if op is Op.KEEP or op is Op.RECURSE:
-            if vr in TEXT_VRS:
+            if vr in TEXT_VRS and plan.sources.get(t) != SAFE_ATTRIBUTES:
+                # Retained on purpose by an option (institution, device, dates): not a leak.
+                # Values of merely safe attributes stay suspects: a name there is a leak.
                 work.kept.update(_values(_raw_bytes(ds, t), vr))
             continue
         raw = _raw_bytes(ds, t)
