@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -309,7 +309,9 @@ def synth(
 
 @app.command()
 def deid(
-    in_dir: Annotated[Path, typer.Argument(help="Folder of identified DICOM files (read recursively).", file_okay=False)],
+    in_dir: Annotated[
+        Path, typer.Argument(help="Folder of identified DICOM files (read recursively).", file_okay=False)
+    ],
     out_dir: Annotated[Path, typer.Argument(help="Folder for the de-identified files and deid-report.json.")],
     profile: Annotated[str, typer.Option(help="The confidentiality profile (PS3.15 Annex E).")] = "basic",
     option: Annotated[
@@ -322,20 +324,25 @@ def deid(
             "retain-longitudinal-modified-dates, retain-patient-characteristics.",
         ),
     ] = None,
-    dataset: Annotated[str, typer.Option(help="The dataset whose secret keys pseudonyms and UIDs.")] = "default",
+    dataset: Annotated[
+        str, typer.Option(help="The dataset whose secret keys pseudonyms and UIDs.")
+    ] = "default",
     quarantine: Annotated[
         Path | None, typer.Option(help="Where refused originals go (default: <data_dir>/quarantine).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: one per core).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: one per core).")
+    ] = None,
 ) -> None:
     """De-identify every DICOM file under IN_DIR into OUT_DIR (PS3.15 Annex E, verified, reported)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn  # noqa: PLC0415
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from connector.crypto.dataset_secrets import load_or_create_dataset_secret  # noqa: PLC0415
-    from connector.deid.batch import run_batch  # noqa: PLC0415
-    from connector.deid.keys import DatasetKeys  # noqa: PLC0415
-    from connector.deid.options import DEFAULT_OPTIONS, UnknownOption  # noqa: PLC0415
-    from connector.deid.recipes import RecipeError, compile_recipes  # noqa: PLC0415
+    from connector.crypto.dataset_secrets import load_or_create_dataset_secret
+    from connector.deid.batch import run_batch
+    from connector.deid.keys import DatasetKeys
+    from connector.deid.options import DEFAULT_OPTIONS, UnknownOption
+    from connector.deid.recipes import RecipeError, compile_recipes
+    from connector.deid.summary import render_summary
 
     if profile != "basic":
         raise _fail(f"unknown profile {profile!r}; the connector implements 'basic' and its options")
@@ -348,44 +355,45 @@ def deid(
         secret = load_or_create_dataset_secret(loaded.keys_dir, dataset)
     except (RecipeError, UnknownOption, ValueError, KeyFileError) as exc:
         raise _fail(str(exc)) from None
-    with runtime_for(loaded) as runtime, Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=errors,
-    ) as progress:
+    with (
+        runtime_for(loaded) as runtime,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=errors,
+        ) as progress,
+    ):
         task = progress.add_task("de-identifying", total=None)
         try:
             summary = run_batch(
-                in_dir, out_dir, plan, DatasetKeys(secret), quarantine or loaded.data_dir / "quarantine", dataset,
-                workers=workers, progress=lambda n: progress.advance(task, n),
+                in_dir,
+                out_dir,
+                plan,
+                DatasetKeys(secret),
+                quarantine or loaded.data_dir / "quarantine",
+                dataset,
+                workers=workers,
+                progress=lambda n: progress.advance(task, n),
                 on_total=lambda total: progress.update(task, total=total),
             )
         except (FileNotFoundError, ValueError) as exc:
             raise _fail(str(exc)) from None
         runtime.audit.record(
-            cli_actor(), "deid.run", dataset, "success",
-            details={"written": summary.written, "quarantined": summary.quarantined, "skipped": summary.skipped,
-                     "options": list(plan.options), "run_id": summary.report["run_id"]},
+            cli_actor(),
+            "deid.run",
+            dataset,
+            "success",
+            details={
+                "written": summary.written,
+                "quarantined": summary.quarantined,
+                "skipped": summary.skipped,
+                "options": list(plan.options),
+                "run_id": summary.report["run_id"],
+            },
         )
-    print_deid_summary(summary)
-
-
-def print_deid_summary(summary: Any) -> None:
-    """The end-of-run summary a data steward reads: counts, reasons, where the report is."""
-    report = summary.report
-    console.print(
-        f"[bold]{summary.written}[/] de-identified, [bold]{summary.quarantined}[/] quarantined, "
-        f"{summary.skipped} skipped of {report['inputs']} files in {report['seconds']:.1f} s "
-        f"(profile {report['profile']}; options: {', '.join(report['options']) or 'none'})"
-    )
-    if report["quarantine_reasons"]:
-        table = Table("reason", "files", title="Quarantined for review")
-        for reason, count in sorted(report["quarantine_reasons"].items()):
-            table.add_row(reason, str(count))
-        console.print(table)
-    if report["pixel_rules_applied"]:
-        for rule, count in report["pixel_rules_applied"].items():
-            console.print(f"burned-in text cleaned in {count} instance(s): {rule}")
-    console.print(f"report: {summary.report_path}")
+    render_summary(console, summary)
 
 
 @app.command()

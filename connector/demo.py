@@ -22,6 +22,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from connector.api.app import create_app
+from connector.crypto.dataset_secrets import load_or_create_dataset_secret
+from connector.deid.batch import run_batch
+from connector.deid.keys import DatasetKeys
+from connector.deid.options import DEFAULT_OPTIONS
+from connector.deid.recipes import compile_recipes
+from connector.deid.summary import render_summary
 from connector.identity.roles import Role
 from connector.observability.logging import configure_logging
 from connector.runtime import Runtime, build_runtime
@@ -73,11 +79,7 @@ def serving(runtime: Runtime) -> Iterator[str]:
 
 
 def _mark(status: int) -> str:
-    return {
-        200: "[green]200 allowed[/]",
-        401: "[red]401 unauthenticated[/]",
-        403: "[yellow]403 forbidden[/]",
-    }.get(status, str(status))
+    return {200: "[green]200[/]", 401: "[red]401[/]", 403: "[yellow]403[/]"}.get(status, str(status))
 
 
 def show_access(console: Console, client: httpx.Client, tokens: dict[Role, str]) -> None:
@@ -88,7 +90,12 @@ def show_access(console: Console, client: httpx.Client, tokens: dict[Role, str])
         ("GET", "/v1/audit?limit=5"),
         ("GET", "/v1/audit/verify"),
     ]
-    table = Table("route", *[role.value for role in tokens], "no token", title="What each role may see")
+    table = Table(
+        "route",
+        *[role.value for role in tokens],
+        "none",
+        title="What each role may see (200 allowed, 403 forbidden, 401 no token)",
+    )
     for method, path in probes:
         cells = [
             _mark(client.request(method, path, headers={"authorization": f"Bearer {token}"}).status_code)
@@ -102,7 +109,8 @@ def show_access(console: Console, client: httpx.Client, tokens: dict[Role, str])
 def run_demo(data_dir: Path, patients: int, console: Console) -> None:
     from connector.synth import generate_cohort
 
-    configure_logging("WARNING", "console")
+    # The demo shows refusals on purpose; their log lines would only clutter its story.
+    configure_logging("ERROR", "console")
     prepare_data_dir(data_dir)
     settings = load_settings(data_dir=data_dir)
     console.print(
@@ -116,14 +124,34 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
         f"({summary.bytes / 1e6:.1f} MB) with PHI planted everywhere real files carry it"
     )
 
-    console.rule("2. The connector service on 127.0.0.1")
+    console.rule("2. The data steward de-identifies it (PS3.15 Annex E, verified)")
+    secret = load_or_create_dataset_secret(settings.keys_dir, "demo-cohort")
+    deidentified = run_batch(
+        data_dir / "incoming",
+        data_dir / "deidentified",
+        compile_recipes(DEFAULT_OPTIONS),
+        DatasetKeys(secret),
+        data_dir / "quarantine",
+        "demo-cohort",
+    )
+    render_summary(console, deidentified)
+
+    console.rule("3. The connector service on 127.0.0.1")
     runtime = build_runtime(settings)
+    runtime.audit.record(
+        "demo:steward-anna",
+        "deid.run",
+        "demo-cohort",
+        "success",
+        roles=["steward"],
+        details={"written": deidentified.written, "quarantined": deidentified.quarantined},
+    )
     try:
         with serving(runtime) as base, httpx.Client(base_url=base, timeout=30) as client:
             ready = client.get("/readyz").json()
             console.print(f"service at {base}: {ready['status']} {ready['checks']}")
 
-            console.rule("3. Each user group signs in (tokens from the embedded development issuer)")
+            console.rule("4. Each user group signs in (tokens from the embedded development issuer)")
             assert runtime.dev_issuer is not None
             tokens = {
                 role: runtime.dev_issuer.issue(
@@ -149,7 +177,7 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
                 f"a forged DPO token: {reply.status_code} {reply.json()['error']}: {reply.json()['detail']}"
             )
 
-            console.rule("4. The DPO checks the tamper-evident audit trail")
+            console.rule("5. The DPO checks the tamper-evident audit trail")
             dpo = {"authorization": f"Bearer {tokens[Role.DPO]}"}
             client.post("/v1/audit/checkpoint", headers=dpo)
             entries = client.get("/v1/audit", params={"action": "auth.*"}, headers=dpo).json()["entries"]

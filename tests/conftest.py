@@ -21,6 +21,11 @@ from connector.identity.roles import Role
 from connector.runtime import Runtime, build_runtime
 from connector.settings import Settings, load_settings
 
+# The official schemas and tables live in shared/ beside the checkout (../shared/conformance).
+CONFORMANCE_DIR = Path(
+    os.environ.get("CONFORMANCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "conformance")
+)
+
 POSTGRES_ADMIN = os.environ.get(
     "TEST_POSTGRES_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 )

@@ -7,6 +7,7 @@ of the same dataset; leaking it lets someone confirm a guessed patient's pseudon
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from pathlib import Path
@@ -27,10 +28,9 @@ def validate_dataset_name(name: str) -> str:
 def load_or_create_dataset_secret(keys_dir: Path, dataset: str) -> bytes:
     path = keys_dir / "datasets" / f"{validate_dataset_name(dataset)}.secret"
     if not path.exists():
-        try:
+        # If another process created it first, use theirs.
+        with contextlib.suppress(KeyFileError):
             write_private_file(path, secrets.token_bytes(32))
-        except KeyFileError:
-            pass  # another process created it first: use theirs
     secret = path.read_bytes()
     if len(secret) != 32:
         raise KeyFileError(f"dataset secret {path} is corrupt (expected 32 bytes); restore it from backup")

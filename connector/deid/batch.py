@@ -80,7 +80,9 @@ def _process(path: Path) -> Outcome:
         status = "skipped" if exc.code == "not_dicom" else "quarantined"
         return Outcome(path, status, size, code=exc.code, reason=str(exc))
     except Exception as exc:  # a bug or an exotic file: quarantine it, keep the batch going
-        return Outcome(path, "quarantined", size, code="internal_error", reason=f"unexpected {type(exc).__name__}")
+        return Outcome(
+            path, "quarantined", size, code="internal_error", reason=f"unexpected {type(exc).__name__}"
+        )
     fd, temp = tempfile.mkstemp(dir=_STATE["incoming"], suffix=".dcm")
     with os.fdopen(fd, "wb") as handle:
         handle.write(result.encoded)
@@ -158,7 +160,9 @@ def run_batch(
     return RunSummary(report, report_path, counts["written"], counts["quarantined"], counts["skipped"])
 
 
-def _outcomes(files: list[Path], plan: Plan, keys: DatasetKeys, incoming: Path, workers: int | None) -> Iterator[Outcome]:
+def _outcomes(
+    files: list[Path], plan: Plan, keys: DatasetKeys, incoming: Path, workers: int | None
+) -> Iterator[Outcome]:
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(files) < 8:
         _init_worker(plan, keys, incoming)
@@ -192,8 +196,18 @@ def _quarantine(outcome: Outcome, in_dir: Path, folder: Path) -> None:
         shutil.copy2(outcome.source, folder / f"{qid}.bin")
     # The index may name the original path (it can hold PHI): it stays inside the hospital's quarantine.
     with (folder / "index.jsonl").open("a", encoding="utf-8") as index:
-        index.write(json.dumps({"id": qid, "source": str(outcome.source), "reason_code": outcome.code,
-                                "reason": outcome.reason}, ensure_ascii=False) + "\n")
+        index.write(
+            json.dumps(
+                {
+                    "id": qid,
+                    "source": str(outcome.source),
+                    "reason_code": outcome.code,
+                    "reason": outcome.reason,
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -203,7 +217,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(temp, path)
 
 
-def _report(outcomes: list[Outcome], in_dir: Path, plan: Plan, dataset: str, run_id: str, seconds: float) -> dict[str, Any]:
+def _report(
+    outcomes: list[Outcome], in_dir: Path, plan: Plan, dataset: str, run_id: str, seconds: float
+) -> dict[str, Any]:
     actions: dict[str, Counter[str]] = {}
     studies: dict[str, dict[str, Any]] = {}
     for outcome in outcomes:
@@ -213,8 +229,13 @@ def _report(outcomes: list[Outcome], in_dir: Path, plan: Plan, dataset: str, run
             actions.setdefault(attribute, Counter())[op] += count
         study = studies.setdefault(
             outcome.study_uid or "",
-            {"study_instance_uid": outcome.study_uid, "patient_pseudonym": outcome.pseudonym,
-             "instances": 0, "modalities": Counter(), "pixel_cleaned": 0},
+            {
+                "study_instance_uid": outcome.study_uid,
+                "patient_pseudonym": outcome.pseudonym,
+                "instances": 0,
+                "modalities": Counter(),
+                "pixel_cleaned": 0,
+            },
         )
         study["instances"] += 1
         study["modalities"][outcome.modality or ""] += 1
@@ -237,10 +258,12 @@ def _report(outcomes: list[Outcome], in_dir: Path, plan: Plan, dataset: str, run
         "studies": [{**study, "modalities": dict(study["modalities"])} for study in studies.values()],
         "quarantined": [
             {"id": _quarantine_id(o.source, in_dir), "reason_code": o.code, "reason": o.reason}
-            for o in outcomes if o.status == "quarantined"
+            for o in outcomes
+            if o.status == "quarantined"
         ],
         "skipped": [
             {"id": _quarantine_id(o.source, in_dir), "reason_code": o.code, "reason": o.reason}
-            for o in outcomes if o.status == "skipped"
+            for o in outcomes
+            if o.status == "skipped"
         ],
     }

@@ -7,6 +7,7 @@ folder itself (the batch does, atomically) and never puts an original value into
 from __future__ import annotations
 
 import io
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from connector import __version__
 from connector.deid.keys import DatasetKeys
@@ -56,14 +58,45 @@ class Deidentified:
 
 
 def read_instance(path: Path) -> Dataset:
+    """Read and check one file; Refused with a reason code when it cannot be processed safely."""
+    _check_transfer_syntax(path)
     try:
-        ds = dcmread(path)
-    except InvalidDicomError:
-        raise Refused("not_dicom", "not a DICOM file (no DICM preamble and no recognisable dataset)") from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
-        raise Refused("unreadable", f"cannot be parsed: truncated or corrupt ({type(exc).__name__})") from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                ds = dcmread(path)
+            except InvalidDicomError:
+                # No preamble or file meta (old ACR-NEMA style exports): a dataset may still follow.
+                ds = dcmread(path, force=True)
+                if not str(ds.get("SOPClassUID", "")).strip():
+                    raise Refused(
+                        "not_dicom", "not a DICOM file (no DICM preamble and no SOP class)"
+                    ) from None
+                ds.file_meta = FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = (
+                    ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+                )
+    except Refused:
+        raise
+    except (EOFError, OSError, ValueError, KeyError, TypeError, OverflowError, AttributeError) as exc:
+        raise Refused(
+            "unreadable", f"cannot be parsed: truncated or corrupt ({type(exc).__name__})"
+        ) from None
+    # pydicom reads a file that ends mid-element as far as it goes and only warns.
+    if any("Unexpected end of file" in str(warning.message) for warning in caught):
+        raise Refused("truncated", "the file ends in the middle of an element (truncated)")
     _check(ds)
     return ds
+
+
+def _check_transfer_syntax(path: Path) -> None:
+    try:
+        meta = read_file_meta_info(path)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError):
+        return  # no usable file meta: read_instance decides
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax is not None and not UID(str(syntax)).is_transfer_syntax:
+        raise Refused("unsupported_transfer_syntax", f"unknown transfer syntax {str(syntax)[:64]}")
 
 
 def _check(ds: Dataset) -> None:
@@ -73,6 +106,10 @@ def _check(ds: Dataset) -> None:
         raise Refused("unsupported_transfer_syntax", "no transfer syntax in the file meta information")
     if not UID(syntax).is_transfer_syntax:
         raise Refused("unsupported_transfer_syntax", f"unknown transfer syntax {str(syntax)[:64]}")
+    has_pixels = any(keyword in ds for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    if not has_pixels and ("Rows" in ds or "Image Storage" in UID(str(ds.get("SOPClassUID", ""))).name):
+        # pydicom stops silently when a file ends between two elements: an image without pixels.
+        raise Refused("truncated", "an image instance without pixel data: the file is probably truncated")
     if not str(ds.get("SOPInstanceUID", "")).strip():
         raise Refused("missing_sop_instance_uid", "the instance has no SOP Instance UID")
     if not str(ds.get("SOPClassUID", "")).strip():
@@ -80,7 +117,9 @@ def _check(ds: Dataset) -> None:
     if "PixelData" in ds and not UID(syntax).is_compressed:
         expected = _expected_pixel_bytes(ds)
         if expected is not None and len(ds.PixelData) < expected:
-            raise Refused("truncated_pixel_data", f"pixel data holds {len(ds.PixelData)} of {expected} bytes")
+            raise Refused(
+                "truncated", f"pixel data holds {len(ds.PixelData)} of {expected} bytes (truncated)"
+            )
 
 
 def _expected_pixel_bytes(ds: Dataset) -> int | None:
@@ -106,7 +145,10 @@ def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
         syntax = UID(ds.file_meta.TransferSyntaxUID)
     work = new_work(ds, plan, keys)
     # The original file meta names the instance too; it is rebuilt below, never copied.
-    for value in (ds.file_meta.get("MediaStorageSOPInstanceUID"), ds.file_meta.get("SourceApplicationEntityTitle")):
+    for value in (
+        ds.file_meta.get("MediaStorageSOPInstanceUID"),
+        ds.file_meta.get("SourceApplicationEntityTitle"),
+    ):
         if value and len(str(value).strip()) >= 3:
             work.identifying.setdefault(str(value).strip().encode(), "FileMetaInformation")
     try:
@@ -121,9 +163,13 @@ def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
     try:
         dcmwrite(buffer, ds, enforce_file_format=True)
     except Exception as exc:
-        raise Refused("unwritable", f"the de-identified instance cannot be encoded ({type(exc).__name__})") from None
+        raise Refused(
+            "unwritable", f"the de-identified instance cannot be encoded ({type(exc).__name__})"
+        ) from None
     encoded = buffer.getvalue()
-    leaks = find_leaks(encoded, work.identifying, work.kept | _OUR_VALUES | {work.pseudonym.encode()})
+    leaks = find_leaks(
+        encoded, work.identifying, work.kept | _OUR_VALUES | {work.pseudonym.encode()}, work.safe_values
+    )
     if leaks:
         raise Refused("leak", "identifying values survived in: " + ", ".join(leaks[:20]))
     return Deidentified(

@@ -18,7 +18,9 @@ def add_markers(ds: Dataset, plan: Plan) -> None:
     ds.PatientIdentityRemoved = "YES"
     chosen = [BASIC, *(OPTIONS[name] for name in plan.options)]
     # LO values hold at most 64 characters: one value per profile part.
-    ds.DeidentificationMethod = [option.meaning[:64] for option in chosen] + [f"imaging-connector {__version__}"]
+    ds.DeidentificationMethod = [option.meaning[:64] for option in chosen] + [
+        f"imaging-connector {__version__}"
+    ]
     items = []
     for option in chosen:
         item = Dataset()

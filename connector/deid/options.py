@@ -26,7 +26,9 @@ SAFE_ATTRIBUTES = "safe_attributes.deid"
 OPTIONS: dict[str, ProfileOption] = {
     option.name: option
     for option in (
-        ProfileOption("clean-descriptors", "options/clean_descriptors.deid", "113105", "Clean Descriptors Option"),
+        ProfileOption(
+            "clean-descriptors", "options/clean_descriptors.deid", "113105", "Clean Descriptors Option"
+        ),
         ProfileOption(
             "clean-structured-content",
             "options/clean_structured_content.deid",
@@ -34,7 +36,9 @@ OPTIONS: dict[str, ProfileOption] = {
             "Clean Structured Content Option",
         ),
         ProfileOption("clean-graphics", "options/clean_graphics.deid", "113103", "Clean Graphics Option"),
-        ProfileOption("clean-pixel-data", "options/clean_pixel_data.deid", "113101", "Clean Pixel Data Option"),
+        ProfileOption(
+            "clean-pixel-data", "options/clean_pixel_data.deid", "113101", "Clean Pixel Data Option"
+        ),
         ProfileOption(
             "retain-longitudinal-modified-dates",
             "options/retain_longitudinal_modified_dates.deid",
@@ -54,7 +58,10 @@ OPTIONS: dict[str, ProfileOption] = {
             "Retain Patient Characteristics Option",
         ),
         ProfileOption(
-            "retain-device-identity", "options/retain_device_identity.deid", "113109", "Retain Device Identity Option"
+            "retain-device-identity",
+            "options/retain_device_identity.deid",
+            "113109",
+            "Retain Device Identity Option",
         ),
         ProfileOption(
             "retain-institution-identity",
@@ -91,5 +98,7 @@ def resolve_options(names: list[str] | tuple[str, ...]) -> tuple[ProfileOption, 
         raise UnknownOption(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
     chosen = set(names)
     if {"retain-longitudinal-modified-dates", "retain-longitudinal-full-dates"} <= chosen:
-        raise UnknownOption("choose one of retain-longitudinal-modified-dates and retain-longitudinal-full-dates")
+        raise UnknownOption(
+            "choose one of retain-longitudinal-modified-dates and retain-longitudinal-full-dates"
+        )
     return tuple(option for name, option in OPTIONS.items() if name in chosen)

@@ -31,7 +31,9 @@ def may_carry_burned_in_text(ds: Dataset) -> bool:
     if declared == "YES":
         return True
     modality = str(ds.get("Modality", "")).upper()
-    if modality in ALWAYS_REVIEW_MODALITIES or str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX):
+    if modality in ALWAYS_REVIEW_MODALITIES or str(ds.get("SOPClassUID", "")).startswith(
+        SECONDARY_CAPTURE_PREFIX
+    ):
         return True
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "SCREEN SHOT" in image_type or "SCREENSHOT" in image_type:
@@ -73,16 +75,23 @@ def clean_pixels(ds: Dataset, plan: Plan) -> str:
     if rule is None:
         raise PixelCleaningRefused(
             f"may carry burned-in text and no pixel-cleaning rule matches manufacturer "
-            f"{str(ds.get('Manufacturer', '?'))[:40]!r} model {str(ds.get('ManufacturerModelName', '?'))[:40]!r}"
+            f"{str(ds.get('Manufacturer', '?'))[:40]!r} "
+            f"model {str(ds.get('ManufacturerModelName', '?'))[:40]!r}"
         )
     try:
         pixels = ds.pixel_array.copy()
     except Exception as exc:
-        raise PixelCleaningRefused(f"pixel data cannot be decoded for cleaning ({type(exc).__name__})") from None
+        raise PixelCleaningRefused(
+            f"pixel data cannot be decoded for cleaning ({type(exc).__name__})"
+        ) from None
     rows, columns = int(ds.Rows), int(ds.Columns)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    view = pixels.reshape((frames, rows, columns, samples)) if pixels.size == frames * rows * columns * samples else None
+    view = (
+        pixels.reshape((frames, rows, columns, samples))
+        if pixels.size == frames * rows * columns * samples
+        else None
+    )
     if view is None:
         raise PixelCleaningRefused("pixel data does not match Rows x Columns x frames")
     for xmin, ymin, xmax, ymax in rule.boxes:

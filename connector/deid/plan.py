@@ -25,7 +25,7 @@ class Op(StrEnum):
 
 @dataclass(frozen=True)
 class Condition:
-    """One test of a pixel-cleaning rule: `op` in equals/notequals/contains/notcontains/missing/present/empty."""
+    """One test of a pixel rule: equals, notequals, contains, notcontains, missing, present or empty."""
 
     op: str
     keyword: str

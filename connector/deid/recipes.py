@@ -38,14 +38,14 @@ class RecipeError(ValueError):
 
 def _quiet_deid() -> None:
     # deid prints every parsed line at DEBUG level through its own logger.
-    from deid.logger import bot  # noqa: PLC0415
+    from deid.logger import bot
 
     bot.level = 1  # errors only
     logging.getLogger("deid").setLevel(logging.ERROR)
 
 
 def _parse(path: Path) -> Any:
-    from deid.config import DeidRecipe  # noqa: PLC0415  (heavy import, once per run)
+    from deid.config import DeidRecipe
 
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist")
@@ -103,7 +103,9 @@ def _boxes(raw: list[Any], label: str, path: Path) -> tuple[tuple[int, int, int,
         try:
             xmin, ymin, xmax, ymax = (int(part) for part in str(text).split(","))
         except ValueError:
-            raise RecipeError(f"recipe {path}, rule {label!r}: coordinates must be xmin,ymin,xmax,ymax") from None
+            raise RecipeError(
+                f"recipe {path}, rule {label!r}: coordinates must be xmin,ymin,xmax,ymax"
+            ) from None
         if xmin < 0 or ymin < 0 or xmax <= xmin or ymax <= ymin:
             raise RecipeError(f"recipe {path}, rule {label!r}: empty or negative box {text}")
         boxes.append((xmin, ymin, xmax, ymax))
@@ -140,7 +142,9 @@ def compile_recipes(
                     creator, group, element = field[len("private:") :].rsplit(":", 2)
                     safe_private.add((unquote(creator), int(group, 16), int(element, 16)))
                 except ValueError:
-                    raise RecipeError(f"recipe {path}: private attributes are private:CREATOR:GGGG:EE") from None
+                    raise RecipeError(
+                        f"recipe {path}: private attributes are private:CREATOR:GGGG:EE"
+                    ) from None
                 continue
             if field.startswith("contains:"):
                 try:
@@ -174,7 +178,9 @@ def compile_recipes(
         options=tuple(option.name for option in chosen),
         by_tag=by_tag,
         patterns=compiled,
-        safe_private=frozenset(safe_private) if "retain-safe-private" in {o.name for o in chosen} else frozenset(),
+        safe_private=frozenset(safe_private)
+        if "retain-safe-private" in {o.name for o in chosen}
+        else frozenset(),
         pixel_rules=tuple(rules) if any(o.name == "clean-pixel-data" for o in chosen) else (),
         sources=sources,
         descriptors=descriptors,

@@ -23,12 +23,23 @@ from pydicom.sequence import Sequence
 from connector.deid.keys import DatasetKeys
 from connector.deid.options import SAFE_ATTRIBUTES
 from connector.deid.plan import Op, Plan
+from connector.deid.verify import STRONG_IDENTIFIERS
 
-TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
 DUMMY_TEXT = "ANONYMIZED"
-_DUMMIES = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y", "DS": "0", "IS": "0", "UR": ""}
+_DUMMIES = {
+    "DA": "19000101",
+    "DT": "19000101000000",
+    "TM": "000000",
+    "AS": "000Y",
+    "DS": "0",
+    "IS": "0",
+    "UR": "",
+}
 _MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "PN": 64, "SH": 16, "UC": 1024}
 _MIN_IDENTIFYING = 3  # shorter values (sex, a digit) are removed but too common to scan for
 _PRINTABLE = re.compile(rb"^[\x20-\x7e\x80-\xff\t\r\n]+$")
@@ -53,14 +64,15 @@ class InstanceWork:
     date_offset: int
     encodings: list[str]
     identifying: dict[bytes, str] = field(default_factory=dict)  # value -> attribute it came from
-    kept: set[bytes] = field(default_factory=set)
+    kept: set[bytes] = field(default_factory=set)  # values an option retains on purpose
+    safe_values: set[bytes] = field(default_factory=set)  # whole values of merely safe attributes
     to_clean: list[tuple[Dataset, int]] = field(default_factory=list)
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def _vr_of(item: object, tag: int) -> str:
     vr = getattr(item, "VR", None)
-    if vr:
+    if vr and (vr != "UN" or (tag >> 16) & 1):
         return str(vr)
     try:
         return str(dictionary_VR(tag)).split(" or ")[0]
@@ -95,16 +107,21 @@ def _values(raw: bytes | None, vr: str) -> list[bytes]:
     found = []
     for value in raw.split(b"\\"):
         value = value.strip(b" \x00")
-        if len(value) >= _MIN_IDENTIFYING:
+        if len(value) >= _MIN_IDENTIFYING and not _SHORT_NUMBER.match(value):
             found.append(value)
         if vr == "PN" or vr in BINARY_VRS:
             # Name components stand alone in free text and burned-in banners.
-            found.extend(part.strip() for part in re.split(rb"[\^=]", value) if len(part.strip()) >= _MIN_IDENTIFYING)
+            found.extend(
+                part.strip() for part in re.split(rb"[\^=]", value) if len(part.strip()) >= _MIN_IDENTIFYING
+            )
     return found
 
 
-# Prose, and code strings (enumerated terms such as TEXT or CHEST): never identifiers to hunt for.
-FREE_TEXT_VRS = frozenset({"LT", "ST", "UT", "CS", "AS"})
+# Prose, code strings (enumerated terms such as TEXT or CHEST) and decimal numbers: never
+# identifiers to hunt for elsewhere (a slice spacing of 2.5 is no leak in a window width).
+FREE_TEXT_VRS = frozenset({"LT", "ST", "UT", "CS", "AS", "DS", "IS"})
+# Short numbers (a private "0.5", an "100") match innocent values; identifiers are longer.
+_SHORT_NUMBER = re.compile(rb"^[-+0-9.eE ]{1,5}$")
 
 
 def _remember(work: InstanceWork, raw: bytes | None, vr: str, tag: int) -> None:
@@ -115,19 +132,24 @@ def _remember(work: InstanceWork, raw: bytes | None, vr: str, tag: int) -> None:
     """
     if vr in FREE_TEXT_VRS or tag in work.plan.descriptors:
         return
+    keyword = _keyword(tag)
     for value in _values(raw, vr):
-        work.identifying.setdefault(value, _keyword(tag))
+        # Remember the strongest origin: a name seen in a private tag and in Patient's Name is a name.
+        if value not in work.identifying or keyword in STRONG_IDENTIFIERS:
+            work.identifying[value] = keyword
 
 
 def _remember_tree(work: InstanceWork, sequence: Sequence) -> None:
+    """Note the identifying values inside a sequence that goes away (codes and safe values are not)."""
     for item in sequence:
         for tag in list(item.keys()):
+            t = int(tag)
             element = item.get_item(tag)
-            vr = _vr_of(element, int(tag))
+            vr = _vr_of(element, t)
             if vr == "SQ":
                 _remember_tree(work, item[tag].value)
-            else:
-                _remember(work, _raw_bytes(item, int(tag)), vr, int(tag))
+            elif (t >> 16) & 1 or work.plan.op_for(t) not in (Op.KEEP, Op.RECURSE):
+                _remember(work, _raw_bytes(item, t), vr, t)
 
 
 def _dummy(vr: str, work: InstanceWork, ds: Dataset, tag: int) -> object:
@@ -184,7 +206,7 @@ def _cap_age(value: str) -> str:
 
 def _private_creators(ds: Dataset) -> dict[int, str]:
     creators = {}
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118  (iterating a Dataset yields converted elements)
         t = int(tag)
         if (t >> 16) & 1 and 0x0010 <= (t & 0xFFFF) <= 0x00FF:
             value = ds[tag].value
@@ -256,6 +278,10 @@ def apply_plan(ds: Dataset, work: InstanceWork) -> None:
                 # Retained on purpose by an option (institution, device, dates): not a leak.
                 # Values of merely safe attributes stay suspects: a name there is a leak.
                 work.kept.update(_values(_raw_bytes(ds, t), vr))
+            elif vr in TEXT_VRS:
+                raw = _raw_bytes(ds, t)
+                if raw:
+                    work.safe_values.update(v.strip(b" \x00") for v in raw.split(b"\\"))
             continue
         raw = _raw_bytes(ds, t)
         if op is Op.SHIFT_DATE and vr not in {"DA", "DT"} and vr in TEXT_VRS:

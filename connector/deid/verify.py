@@ -19,9 +19,57 @@ def header_bytes(encoded: bytes) -> bytes:
     return encoded if cut < 0 else encoded[:cut]
 
 
-def find_leaks(encoded: bytes, identifying: dict[bytes, str], kept: set[bytes]) -> list[str]:
-    """Attributes whose original value appears in `encoded`, sorted; empty when clean."""
-    candidates = [value for value in identifying if value not in kept]
+# Values that name or number a person or an encounter: a leak wherever they reappear, even as the
+# whole value of an attribute that is otherwise safe.
+STRONG_IDENTIFIERS = frozenset(
+    {
+        "PatientID",
+        "OtherPatientIDs",
+        "PatientName",
+        "OtherPatientNames",
+        "PatientBirthName",
+        "PatientMotherBirthName",
+        "AccessionNumber",
+        "StudyID",
+        "AdmissionID",
+        "MedicalRecordLocator",
+        "RequestedProcedureID",
+        "ScheduledProcedureStepID",
+        "PerformedProcedureStepID",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "NameOfPhysiciansReadingStudy",
+        "OperatorsName",
+        "PhysiciansOfRecord",
+        "PersonName",
+        "IssuerOfPatientID",
+        "PatientBirthDate",
+    }
+)
+
+
+def _within(value: bytes, safe_values: frozenset[bytes] | set[bytes]) -> bool:
+    return any(value in safe for safe in safe_values)
+
+
+def find_leaks(
+    encoded: bytes,
+    identifying: dict[bytes, str],
+    kept: set[bytes],
+    safe_values: frozenset[bytes] | set[bytes] = frozenset(),
+) -> list[str]:
+    """Attributes whose original value appears in `encoded`, sorted; empty when clean.
+
+    A value found inside the value of a safe attribute (an institution named like the scanner's
+    manufacturer) is that attribute's own business, unless it names or numbers a person.
+    """
+    candidates = [
+        value
+        for value, origin in identifying.items()
+        if value not in kept and not (origin not in STRONG_IDENTIFIERS and _within(value, safe_values))
+    ]
     if not candidates:
         return []
     haystack = header_bytes(encoded)
