@@ -59,7 +59,6 @@ class Deidentified:
 
 def read_instance(path: Path) -> Dataset:
     """Read and check one file; Refused with a reason code when it cannot be processed safely."""
-    _check_transfer_syntax(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -78,7 +77,17 @@ def read_instance(path: Path) -> Dataset:
                 )
     except Refused:
         raise
-    except (EOFError, OSError, ValueError, KeyError, TypeError, OverflowError, AttributeError) as exc:
+    except (
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+        AttributeError,
+        NotImplementedError,
+    ) as exc:
+        _check_transfer_syntax(path)  # an unknown transfer syntax is the likelier reason
         raise Refused(
             "unreadable", f"cannot be parsed: truncated or corrupt ({type(exc).__name__})"
         ) from None
@@ -168,7 +177,7 @@ def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
         ) from None
     encoded = buffer.getvalue()
     leaks = find_leaks(
-        encoded, work.identifying, work.kept | _OUR_VALUES | {work.pseudonym.encode()}, work.safe_values
+        encoded, work.identifying, work.kept | _OUR_VALUES | {work.pseudonym.encode()}, work.safe_raw
     )
     if leaks:
         raise Refused("leak", "identifying values survived in: " + ", ".join(leaks[:20]))

@@ -6,6 +6,8 @@ and software, never anything about the patient.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -15,12 +17,19 @@ from connector.deid.plan import Plan
 
 
 def add_markers(ds: Dataset, plan: Plan) -> None:
+    method, codes, temporal = _markers(plan.options)
     ds.PatientIdentityRemoved = "YES"
-    chosen = [BASIC, *(OPTIONS[name] for name in plan.options)]
+    ds.DeidentificationMethod = method
+    # One read-only sequence per plan, shared by every instance of the run: it is only ever written.
+    ds.DeidentificationMethodCodeSequence = codes
+    ds.LongitudinalTemporalInformationModified = temporal
+
+
+@lru_cache(maxsize=32)
+def _markers(options: tuple[str, ...]) -> tuple[list[str], Sequence, str]:
+    chosen = [BASIC, *(OPTIONS[name] for name in options)]
     # LO values hold at most 64 characters: one value per profile part.
-    ds.DeidentificationMethod = [option.meaning[:64] for option in chosen] + [
-        f"imaging-connector {__version__}"
-    ]
+    method = [option.meaning[:64] for option in chosen] + [f"imaging-connector {__version__}"]
     items = []
     for option in chosen:
         item = Dataset()
@@ -28,10 +37,10 @@ def add_markers(ds: Dataset, plan: Plan) -> None:
         item.CodingSchemeDesignator = "DCM"
         item.CodeMeaning = option.meaning
         items.append(item)
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
-    if "retain-longitudinal-full-dates" in plan.options:
-        ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
-    elif "retain-longitudinal-modified-dates" in plan.options:
-        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    if "retain-longitudinal-full-dates" in options:
+        temporal = "UNMODIFIED"
+    elif "retain-longitudinal-modified-dates" in options:
+        temporal = "MODIFIED"
     else:
-        ds.LongitudinalTemporalInformationModified = "REMOVED"
+        temporal = "REMOVED"
+    return method, Sequence(items), temporal

@@ -12,10 +12,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import lru_cache
 
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -42,6 +43,7 @@ _DUMMIES = {
 }
 _MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "PN": 64, "SH": 16, "UC": 1024}
 _MIN_IDENTIFYING = 3  # shorter values (sex, a digit) are removed but too common to scan for
+_MIN_NAME_PART = 4
 _PRINTABLE = re.compile(rb"^[\x20-\x7e\x80-\xff\t\r\n]+$")
 _DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})(.*)$")
 _SCRUB_PATTERNS = (
@@ -65,7 +67,7 @@ class InstanceWork:
     encodings: list[str]
     identifying: dict[bytes, str] = field(default_factory=dict)  # value -> attribute it came from
     kept: set[bytes] = field(default_factory=set)  # values an option retains on purpose
-    safe_values: set[bytes] = field(default_factory=set)  # whole values of merely safe attributes
+    safe_raw: list[bytes] = field(default_factory=list)  # raw values of merely safe attributes
     to_clean: list[tuple[Dataset, int]] = field(default_factory=list)
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -80,13 +82,14 @@ def _vr_of(item: object, tag: int) -> str:
         return "UN"
 
 
+@lru_cache(maxsize=4096)
 def _keyword(tag: int) -> str:
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _raw_bytes(ds: Dataset, tag: int) -> bytes | None:
+def _raw_bytes(ds: Dataset, tag: int, item: object = None) -> bytes | None:
     """The element's value as stored (raw bytes), or re-encoded when already converted."""
-    item = ds.get_item(tag)
+    item = item if item is not None else ds.get_item(tag)
     if isinstance(item, RawDataElement):
         return item.value if isinstance(item.value, bytes) else None
     value = item.value
@@ -110,10 +113,12 @@ def _values(raw: bytes | None, vr: str) -> list[bytes]:
         if len(value) >= _MIN_IDENTIFYING and not _SHORT_NUMBER.match(value):
             found.append(value)
         if vr == "PN" or vr in BINARY_VRS:
-            # Name components stand alone in free text and burned-in banners.
-            found.extend(
-                part.strip() for part in re.split(rb"[\^=]", value) if len(part.strip()) >= _MIN_IDENTIFYING
-            )
+            # Family, given and middle names stand alone in free text and banners; prefixes and
+            # suffixes (Dr., Prof.) and names shorter than 4 letters would match innocent words.
+            for group in value.split(b"="):
+                found.extend(
+                    part.strip() for part in group.split(b"^")[:3] if len(part.strip()) >= _MIN_NAME_PART
+                )
     return found
 
 
@@ -152,9 +157,20 @@ def _remember_tree(work: InstanceWork, sequence: Sequence) -> None:
                 _remember(work, _raw_bytes(item, t), vr, t)
 
 
-def _dummy(vr: str, work: InstanceWork, ds: Dataset, tag: int) -> object:
+def _ascii_values(raw: bytes | None) -> list[str]:
+    """UI, DA and DT values are ASCII by definition: decode them without pydicom's machinery."""
+    if not raw:
+        return []
+    return [value.strip(" \x00") for value in raw.decode("ascii", "replace").split("\\")]
+
+
+def _one_or_many(values: list[str]) -> object:
+    return values[0] if len(values) == 1 else values
+
+
+def _dummy(vr: str, work: InstanceWork, raw: bytes | None) -> object:
     if vr == "UI":
-        return _map_uids(ds[tag].value, work)
+        return _mapped_uids(raw, work)
     if vr in NUMBER_VRS:
         return 0
     if vr in BINARY_VRS:
@@ -162,10 +178,30 @@ def _dummy(vr: str, work: InstanceWork, ds: Dataset, tag: int) -> object:
     return _DUMMIES.get(vr, DUMMY_TEXT)[: _MAX_LENGTH.get(vr, 64)]
 
 
+def _mapped_uids(raw: bytes | None, work: InstanceWork) -> object:
+    values = _ascii_values(raw)
+    if not values:
+        return None
+    return _one_or_many([work.keys.uid(value) if value else "" for value in values])
+
+
 def _map_uids(value: object, work: InstanceWork) -> object:
     if isinstance(value, list | tuple | MultiValue):
         return [work.keys.uid(str(v)) for v in value]
     return work.keys.uid(str(value)) if value else value
+
+
+def _shifted(raw: bytes | None, vr: str, work: InstanceWork) -> object | None:
+    """The dates moved back by the patient's offset; a dummy for an unreadable date; None: remove."""
+    if vr not in {"DA", "DT"}:
+        return None
+    values = _ascii_values(raw)
+    if not values:
+        return None
+    shifted = [shift_date_text(value, vr, work.date_offset) if value else "" for value in values]
+    if any(value is None for value in shifted):
+        return _DUMMIES[vr]
+    return _one_or_many(shifted)  # type: ignore[arg-type]
 
 
 def shift_date_text(value: str, vr: str, days: int) -> str | None:
@@ -183,15 +219,10 @@ def shift_date_text(value: str, vr: str, days: int) -> str | None:
 
 def _shift(ds: Dataset, tag: int, vr: str, work: InstanceWork) -> bool:
     """Shift a date in place; False when it must be removed instead."""
-    if vr not in {"DA", "DT"}:
+    shifted = _shifted(_raw_bytes(ds, tag), vr, work)
+    if shifted is None:
         return False
-    element = ds[tag]
-    values = element.value if element.VM > 1 else [element.value]
-    shifted = [shift_date_text(str(v), vr, work.date_offset) if v else "" for v in values]
-    if any(v is None for v in shifted):
-        element.value = _DUMMIES[vr]
-    else:
-        element.value = shifted if element.VM > 1 else shifted[0]
+    ds[tag] = DataElement(tag, vr, shifted)
     return True
 
 
@@ -274,16 +305,16 @@ def apply_plan(ds: Dataset, work: InstanceWork) -> None:
             _apply_to_sequence(ds, t, op, work)
             continue
         if op is Op.KEEP or op is Op.RECURSE:
-            if vr in TEXT_VRS and plan.sources.get(t) != SAFE_ATTRIBUTES:
-                # Retained on purpose by an option (institution, device, dates): not a leak.
-                # Values of merely safe attributes stay suspects: a name there is a leak.
-                work.kept.update(_values(_raw_bytes(ds, t), vr))
-            elif vr in TEXT_VRS:
-                raw = _raw_bytes(ds, t)
-                if raw:
-                    work.safe_values.update(v.strip(b" \x00") for v in raw.split(b"\\"))
+            if vr in TEXT_VRS:
+                raw = _raw_bytes(ds, t, item)
+                if plan.sources.get(t) != SAFE_ATTRIBUTES:
+                    # Retained on purpose by an option (institution, device, dates): not a leak.
+                    work.kept.update(_values(raw, vr))
+                elif raw:
+                    # Values of merely safe attributes stay suspects: a name there is a leak.
+                    work.safe_raw.append(raw)
             continue
-        raw = _raw_bytes(ds, t)
+        raw = _raw_bytes(ds, t, item)
         if op is Op.SHIFT_DATE and vr not in {"DA", "DT"} and vr in TEXT_VRS:
             # Times and UTC offsets stay as they are: without the real date they identify no one.
             work.kept.update(_values(raw, vr))
@@ -292,18 +323,24 @@ def apply_plan(ds: Dataset, work: InstanceWork) -> None:
             _clean_scalar(ds, t, vr, work, raw)
             continue
         _remember(work, raw, vr, t)
+        # New elements are built from the raw bytes: decoding the old value first would cost more
+        # than everything else the plan does.
         if op is Op.REMOVE:
             del ds[tag]
         elif op is Op.BLANK:
-            ds[tag].value = b"" if vr in BINARY_VRS else None
+            ds[t] = DataElement(t, vr, b"" if vr in BINARY_VRS else None)
         elif op is Op.DUMMY:
-            ds[tag].value = _dummy(vr, work, ds, t)
+            ds[t] = DataElement(t, vr, _dummy(vr, work, raw))
         elif op is Op.UID:
-            ds[tag].value = _map_uids(ds[tag].value, work)
+            ds[t] = DataElement(t, vr, _mapped_uids(raw, work))
         elif op is Op.PSEUDONYM:
-            ds[tag].value = work.pseudonym
-        elif op is Op.SHIFT_DATE and not _shift(ds, t, vr, work):
-            del ds[tag]
+            ds[t] = DataElement(t, vr, work.pseudonym)
+        elif op is Op.SHIFT_DATE:
+            shifted = _shifted(raw, vr, work)
+            if shifted is None:
+                del ds[tag]
+            else:
+                ds[t] = DataElement(t, vr, shifted)
 
 
 def _apply_to_sequence(ds: Dataset, tag: int, op: Op, work: InstanceWork) -> None:
@@ -350,11 +387,31 @@ def scrub_text(text: str, identifying: re.Pattern[str] | None) -> str:
 
 
 def identifying_pattern(work: InstanceWork) -> re.Pattern[str] | None:
-    words = set()
-    for value in work.identifying.keys() - work.kept:
-        text = decode_bytes(value, work.encodings, set()).strip()
-        if len(text) >= _MIN_IDENTIFYING:
-            words.add(text)
+    """One pattern for every identifying value of the instance except UIDs (none hide in prose)."""
+    words = frozenset(
+        value
+        for value, origin in work.identifying.items()
+        if value not in work.kept and not _is_uid_origin(origin, value)
+    )
+    return _pattern_for(words, tuple(work.encodings))
+
+
+_UID_LIKE = re.compile(rb"^[0-9]+(\.[0-9]+){2,}$")
+
+
+def _is_uid_origin(origin: str, value: bytes = b"") -> bool:
+    """UIDs and date-times never hide in prose as such (the date patterns catch the dates)."""
+    if _UID_LIKE.match(value):
+        return True
+    tag = tag_for_keyword(origin)
+    return tag is not None and dictionary_VR(tag) in {"UI", "DT", "TM"}
+
+
+@lru_cache(maxsize=256)
+def _pattern_for(values: frozenset[bytes], encodings: tuple[str, ...]) -> re.Pattern[str] | None:
+    # Cached: the files of one series share their patient's names, IDs and dates.
+    words = {decode_bytes(value, list(encodings), set()).strip() for value in values}
+    words = {word for word in words if len(word) >= _MIN_IDENTIFYING}
     if not words:
         return None
     alternatives = sorted(words, key=len, reverse=True)  # longest first: whole names before parts
@@ -362,6 +419,8 @@ def identifying_pattern(work: InstanceWork) -> re.Pattern[str] | None:
 
 
 def clean_deferred(work: InstanceWork) -> None:
+    if not work.to_clean:
+        return
     pattern = identifying_pattern(work)
     for ds, tag in work.to_clean:
         element = ds[tag]
