@@ -127,7 +127,8 @@ def test_sr_references_point_to_written_instances(deidentified) -> None:  # type
         for uid in referenced:
             assert instances.get(uid) == report.StudyInstanceUID
         texts = [element.value for element in report.iterall() if element.keyword == "TextValue"]
-        assert texts and all("***" in text or text for text in texts)
+        # The tree and its text survive (Clean Structured Content); the names in the text do not.
+        assert texts and any("***" in text for text in texts)
 
 
 def test_same_secret_same_output_other_secret_unlinkable(cohort: Path, deidentified, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -262,3 +262,29 @@ def test_a_leak_inside_a_kept_sequence_is_caught(tmp_path: Path) -> None:
     ct_instance(tmp_path / "in.dcm", ProcedureCodeSequence=Sequence([item]))
     with pytest.raises(Refused, match="PatientID"):
         deidentify(tmp_path / "in.dcm", compile_recipes(()), KEYS)
+
+
+def test_clean_graphics_keeps_annotations_and_cleans_their_text(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    text = Dataset()
+    text.UnformattedTextValue = "Kowalska lesion"
+    text.BoundingBoxAnnotationUnits = "PIXEL"
+    annotation = Dataset()
+    annotation.GraphicLayer = "LAYER1"
+    annotation.TextObjectSequence = Sequence([text])
+    overrides = {"GraphicAnnotationSequence": Sequence([annotation])}
+    path = tmp_path / "in.dcm"
+    ds = ct_instance(path, **overrides)
+    ds.add_new(0x60004000, "LT", "overlay of Zofia Kowalska")
+    ds.add_new(0x60003000, "OW", b"\x00\x01" * 32)
+    ds.save_as(path, enforce_file_format=True)
+    plain = dcmread(_bytes_file(tmp_path, deidentify(path, compile_recipes(()), KEYS).encoded))
+    assert (0x6000, 0x4000) not in plain and (0x6000, 0x3000) not in plain
+    cleaned = dcmread(
+        _bytes_file(tmp_path, deidentify(path, compile_recipes(("clean-graphics",)), KEYS).encoded)
+    )
+    assert cleaned[0x6000, 0x4000].value == "overlay of *** ***"  # given and family name
+    assert (0x6000, 0x3000) not in cleaned  # an overlay bitmap may spell a name: it cannot be cleaned
+    assert "GraphicAnnotationSequence" in cleaned
