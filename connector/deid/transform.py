@@ -235,23 +235,19 @@ def _cap_age(value: str) -> str:
     return value
 
 
-def _private_creators(ds: Dataset) -> dict[int, str]:
+def _apply_private(ds: Dataset, work: InstanceWork, private: list[int]) -> None:
+    """Remove every private element but those on the safe list (and their creators)."""
     creators = {}
-    for tag in ds.keys():  # noqa: SIM118  (iterating a Dataset yields converted elements)
-        t = int(tag)
-        if (t >> 16) & 1 and 0x0010 <= (t & 0xFFFF) <= 0x00FF:
-            value = ds[tag].value
+    for t in private:
+        if 0x0010 <= (t & 0xFFFF) <= 0x00FF:
+            value = ds[t].value
             creators[t] = value.strip() if isinstance(value, str) else str(value)
-    return creators
-
-
-def _apply_private(ds: Dataset, work: InstanceWork) -> None:
-    creators = _private_creators(ds)
     kept_blocks: set[int] = set()
-    for tag in list(ds.keys()):
-        t = int(tag)
+    for t in private:
         group, element = t >> 16, t & 0xFFFF
-        if not group & 1 or element < 0x1000:
+        if element < 0x1000:
+            if element < 0x0010:
+                del ds[t]  # private group lengths and reserved elements
             continue
         creator_tag = (group << 16) | (element >> 8)
         creator = creators.get(creator_tag)
@@ -259,26 +255,21 @@ def _apply_private(ds: Dataset, work: InstanceWork) -> None:
             kept_blocks.add(creator_tag)
             work.actions[(f"private:{creator}:{group:04X}:{element & 0xFF:02X}", Op.KEEP.value)] += 1
             continue
-        item = ds.get_item(tag)
+        item = ds.get_item(t)
         vr = _vr_of(item, t)
         if vr == "SQ" or (isinstance(item, RawDataElement) and vr == "UN" and _looks_like_sequence(item)):
             try:
-                _remember_tree(work, ds[tag].value)
+                _remember_tree(work, ds[t].value)
             except Exception:  # an undecodable private blob: remove it all the same
-                _remember(work, _raw_bytes(ds, t), "UN", t)
+                _remember(work, _raw_bytes(ds, t, item), "UN", t)
         else:
-            _remember(work, _raw_bytes(ds, t), vr, t)
-        del ds[tag]
+            _remember(work, _raw_bytes(ds, t, item), vr, t)
+        del ds[t]
         work.actions[("private", Op.REMOVE.value)] += 1
     for creator_tag, creator in creators.items():
         if creator_tag not in kept_blocks:
             _remember(work, creator.encode("utf-8", "replace"), "LO", creator_tag)
             del ds[creator_tag]
-    # Orphaned private group lengths and other odd-group leftovers (e.g. gggg,0000-000F).
-    for tag in list(ds.keys()):
-        t = int(tag)
-        if (t >> 16) & 1 and (t & 0xFFFF) < 0x0010:
-            del ds[tag]
 
 
 def _looks_like_sequence(item: RawDataElement) -> bool:
@@ -288,17 +279,22 @@ def _looks_like_sequence(item: RawDataElement) -> bool:
 
 def apply_plan(ds: Dataset, work: InstanceWork) -> None:
     """Apply the plan to `ds` and to every item of every sequence it keeps."""
-    _apply_private(ds, work)
+    tags = [int(tag) for tag in ds.keys()]  # noqa: SIM118  (iterating a Dataset converts elements)
+    private = [t for t in tags if (t >> 16) & 1]
+    if private:
+        _apply_private(ds, work, private)
     plan = work.plan
-    for tag in list(ds.keys()):
-        t = int(tag)
+    # The raw element map: reading it directly keeps untouched elements undecoded.
+    elements = ds._dict
+    for t in tags:
         if (t >> 16) & 1:
             continue  # private: handled above
+        tag = t
         if t & 0xFFFF == 0:
             del ds[tag]  # group lengths are recomputed by the writer, never trusted
             continue
         op = plan.op_for(t)
-        item = ds.get_item(tag)
+        item = elements[t]
         vr = _vr_of(item, t)
         work.actions[(_keyword(t), op.value)] += 1
         if vr == "SQ":
