@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 
 from connector import __version__
 from connector.crypto.keyfile import KeyFileError
@@ -131,19 +132,27 @@ def config_show(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     console.print(table)
 
 
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Apply all pending migrations."""
-    from connector.db.engine import check_database, make_engine, safe_url
-    from connector.db.migrate import current_revision, upgrade
+def _reachable_engine(loaded: Settings) -> Engine:
+    """An engine for the configured database, or a one-line error when it cannot be reached."""
+    from connector.db.engine import check_database, make_engine
 
-    loaded = settings()
     engine = make_engine(loaded.effective_database_url)
     try:
         check_database(engine)
-        upgrade(engine)
     except DatabaseUnavailable as exc:
         raise _fail(str(exc)) from None
+    return engine
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all pending migrations."""
+    from connector.db.engine import safe_url
+    from connector.db.migrate import current_revision, upgrade
+
+    loaded = settings()
+    engine = _reachable_engine(loaded)
+    upgrade(engine)
     console.print(
         f"database {safe_url(loaded.effective_database_url)} at revision {current_revision(engine)}"
     )
@@ -152,15 +161,11 @@ def db_upgrade() -> None:
 @db_app.command("status")
 def db_status() -> None:
     """Show the schema revision of the database and the one this connector needs."""
-    from connector.db.engine import check_database, make_engine, safe_url
+    from connector.db.engine import safe_url
     from connector.db.migrate import current_revision, head_revision
 
     loaded = settings()
-    engine = make_engine(loaded.effective_database_url)
-    try:
-        check_database(engine)
-    except DatabaseUnavailable as exc:
-        raise _fail(str(exc)) from None
+    engine = _reachable_engine(loaded)
     current, head = current_revision(engine), head_revision()
     console.print(f"database {safe_url(loaded.effective_database_url)}: revision {current}, needed {head}")
     if current != head:

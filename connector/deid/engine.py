@@ -26,6 +26,7 @@ from connector.deid.pixels import PixelCleaningRefused, clean_pixels, may_carry_
 from connector.deid.plan import Plan
 from connector.deid.transform import DUMMY_TEXT, apply_plan, clean_deferred, new_work
 from connector.deid.verify import find_leaks
+from connector.dicom_meta import file_meta_for
 
 IMPLEMENTATION_CLASS_UID = "2.25.181113935498374591925722209873829245310"
 IMPLEMENTATION_VERSION = f"IMGCONN_{__version__}"[:16]
@@ -167,7 +168,7 @@ def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
         # A value that cannot be decoded is a corrupt element: nothing of the instance is written.
         raise Refused("unreadable", f"an element cannot be decoded ({type(exc).__name__})") from None
     add_markers(ds, plan)
-    ds.file_meta = _file_meta(ds, syntax)
+    ds.file_meta = file_meta_for(ds, syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION)
     buffer = io.BytesIO()
     try:
         dcmwrite(buffer, ds, enforce_file_format=True)
@@ -191,13 +192,3 @@ def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
         pixel_rule=pixel_rule,
         actions=work.actions,
     )
-
-
-def _file_meta(ds: Dataset, syntax: UID) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    return meta

@@ -22,6 +22,7 @@ from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
 
+from connector.dicom_meta import file_meta_for
 from connector.synth.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -29,13 +30,7 @@ _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 def file_meta(ds: Dataset) -> FileMetaDataset:
     """File Meta Information (PS3.10 7.1) for ``ds`` with this generator's implementation UID."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    return meta
+    return file_meta_for(ds, ExplicitVRLittleEndian, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
 
 
 def encode(ds: Dataset) -> bytes:
