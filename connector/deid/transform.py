@@ -324,19 +324,40 @@ def apply_plan(ds: Dataset, work: InstanceWork) -> None:
         if op is Op.REMOVE:
             del ds[tag]
         elif op is Op.BLANK:
-            ds[t] = DataElement(t, vr, b"" if vr in BINARY_VRS else None)
+            _replace(ds, t, vr, item, b"" if vr in BINARY_VRS else None)
         elif op is Op.DUMMY:
-            ds[t] = DataElement(t, vr, _dummy(vr, work, raw))
+            _replace(ds, t, vr, item, _dummy(vr, work, raw))
         elif op is Op.UID:
-            ds[t] = DataElement(t, vr, _mapped_uids(raw, work))
+            _replace(ds, t, vr, item, _mapped_uids(raw, work))
         elif op is Op.PSEUDONYM:
-            ds[t] = DataElement(t, vr, work.pseudonym)
+            _replace(ds, t, vr, item, work.pseudonym)
         elif op is Op.SHIFT_DATE:
             shifted = _shifted(raw, vr, work)
             if shifted is None:
                 del ds[tag]
             else:
-                ds[t] = DataElement(t, vr, shifted)
+                _replace(ds, t, vr, item, shifted)
+
+
+def _replace(ds: Dataset, tag: int, vr: str, source: object, value: object) -> None:
+    """Put `value` in place of the element, as raw bytes when it is plain ASCII text.
+
+    Every replacement the plan makes (dummies, UIDs, pseudonyms, shifted dates) is ASCII: written
+    as a raw element it skips pydicom's decode-and-encode path, the dearest part of writing.
+    """
+    if (
+        isinstance(source, RawDataElement)
+        and vr in TEXT_VRS
+        and (value is None or isinstance(value, str | list))
+    ):
+        text = "" if value is None else value if isinstance(value, str) else "\\".join(value)
+        if text.isascii():
+            data = text.encode("ascii")
+            if len(data) % 2:
+                data += b"\x00" if vr == "UI" else b" "
+            ds._dict[tag] = source._replace(VR=vr, length=len(data), value=data)
+            return
+    ds[tag] = DataElement(tag, vr, value)
 
 
 def _apply_to_sequence(ds: Dataset, tag: int, op: Op, work: InstanceWork) -> None:
