@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from connector import __version__
 from connector.crypto.keyfile import KeyFileError
+from connector.crypto.keystore import KeyStoreError
 from connector.db.engine import DatabaseUnavailable
 from connector.settings import Settings, SettingsError, load_settings
 
@@ -36,10 +37,14 @@ token_app = typer.Typer(
     help="Development tokens from the embedded issuer (demo and tests only).", no_args_is_help=True
 )
 audit_app = typer.Typer(help="Read and verify the tamper-evident audit trail.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Encrypted datasets and their de-identified index.", no_args_is_help=True)
+keys_app = typer.Typer(help="The key store: dataset keys, rotation.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 app.add_typer(audit_app, name="audit")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 errors = Console(stderr=True)
@@ -399,6 +404,228 @@ def deid(
             },
         )
     render_summary(console, summary)
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+    )
+
+
+@app.command()
+def ingest(
+    in_dir: Annotated[
+        Path, typer.Argument(help="Folder of identified DICOM files (read recursively).", file_okay=False)
+    ],
+    dataset: Annotated[str, typer.Option(help="The dataset to add the studies to (created on first use).")],
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option", "-o", help="Profile options as for `connector deid` (a dataset keeps its options)."
+        ),
+    ] = None,
+    quarantine: Annotated[Path | None, typer.Option(help="Where refused originals go.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: one per core).")
+    ] = None,
+) -> None:
+    """De-identify, verify, encrypt, store and index a folder into an encrypted dataset (resumable)."""
+    from connector.datasets.ingest import DatasetConflict
+    from connector.datasets.ingest import ingest as run_ingest
+    from connector.deid.options import DEFAULT_OPTIONS, UnknownOption
+    from connector.deid.recipes import RecipeError
+    from connector.deid.summary import render_summary
+    from connector.storage.objects import ObjectStoreError
+
+    chosen = DEFAULT_OPTIONS if not option else tuple(name for name in option if name != "none")
+    if not in_dir.is_dir():
+        raise _fail(f"input folder {in_dir} does not exist")
+    with runtime_for(settings()) as runtime, _progress() as progress:
+        task = progress.add_task("ingesting", total=None)
+        try:
+            summary = run_ingest(
+                runtime,
+                in_dir,
+                dataset,
+                chosen,
+                quarantine,
+                workers,
+                progress=lambda n: progress.advance(task, n),
+                on_total=lambda total: progress.update(task, total=total),
+            )
+        except (
+            DatasetConflict,
+            RecipeError,
+            UnknownOption,
+            ValueError,
+            ObjectStoreError,
+            KeyStoreError,
+        ) as exc:
+            raise _fail(str(exc)) from None
+        runtime.audit.record(
+            cli_actor(),
+            "dataset.ingest",
+            dataset,
+            "success",
+            details={
+                "stored": summary.stored,
+                "already_stored": summary.already_stored,
+                "quarantined": summary.deid.quarantined,
+                "run_id": summary.deid.report["run_id"],
+            },
+        )
+    render_summary(console, summary.deid)
+    console.print(
+        f"dataset {dataset}: {summary.stored} objects encrypted and stored, {summary.already_stored} already "
+        f"stored; {summary.studies} studies; "
+        f"{summary.plain_bytes / 1e6:.1f} MB -> {summary.stored_bytes / 1e6:.1f} MB"
+    )
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """The encrypted datasets with their study, object and byte counts."""
+    from connector.datasets.catalog import dataset_summaries
+
+    with runtime_for(settings()) as runtime:
+        rows = dataset_summaries(runtime)
+    table = Table(
+        "dataset", "created", "options", "store", "patients", "studies", "objects", "MB", title="Datasets"
+    )
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.created_at,
+            ", ".join(row.options),
+            row.store,
+            str(row.patients),
+            str(row.studies),
+            str(row.objects),
+            f"{row.plain_bytes / 1e6:.1f}",
+        )
+    console.print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    name: Annotated[str, typer.Argument(help="The dataset.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One dataset's de-identified cohort index: counts by modality, body part, sex, age band, year."""
+    from connector.datasets.catalog import dataset_detail
+
+    with runtime_for(settings()) as runtime:
+        try:
+            detail = dataset_detail(runtime, name)
+        except LookupError as exc:
+            raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(detail, indent=2))
+        return
+    console.print(
+        f"[bold]{name}[/]: {detail['studies']} studies, {detail['objects']} objects of {detail['patients']} "
+        f"patients, options: {', '.join(detail['options'])}"
+    )
+    for facet in ("modality", "body_part", "sex", "age_band", "study_year", "manufacturer"):
+        console.print(f"  {facet}: " + ", ".join(f"{k or '?'} {v}" for k, v in detail["by"][facet].items()))
+
+
+@app.command()
+def export(
+    dataset: Annotated[str, typer.Argument(help="The dataset to decrypt.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the de-identified files.")],
+) -> None:
+    """Decrypt a dataset back to its exact de-identified files (data stewards; audited)."""
+    from connector.datasets.export import UnknownDataset, export_dataset
+    from connector.datasets.vault import ObjectIntegrityError
+    from connector.storage.objects import ObjectStoreError
+
+    with runtime_for(settings()) as runtime, _progress() as progress:
+        task = progress.add_task("decrypting", total=None)
+        try:
+            count = export_dataset(runtime, dataset, out_dir, progress=lambda n: progress.advance(task, n))
+        except (UnknownDataset, ObjectIntegrityError, ObjectStoreError, KeyStoreError) as exc:
+            runtime.audit.record(cli_actor(), "dataset.export", dataset, "failure", reasons=[str(exc)[:300]])
+            raise _fail(str(exc)) from None
+        runtime.audit.record(cli_actor(), "dataset.export", dataset, "success", details={"objects": count})
+    console.print(f"{count} objects of {dataset} decrypted into {out_dir}")
+
+
+@app.command()
+def shred(
+    dataset: Annotated[str, typer.Option(help="The dataset.")],
+    patient: Annotated[str | None, typer.Option(help="Shred this patient (pseudonym).")] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Shred this study (de-identified Study Instance UID).")
+    ] = None,
+    whole: Annotated[bool, typer.Option("--all", help="Shred the whole dataset.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation (scripts).")] = False,
+) -> None:
+    """Crypto-shred a patient, a study or a whole dataset: keys destroyed, objects deleted, audited."""
+    from connector.datasets.shred import shred as run_shred
+
+    if sum(bool(x) for x in (patient, study, whole)) != 1:
+        raise _fail("choose exactly one of --patient, --study or --all")
+    target = f"patient {patient}" if patient else f"study {study}" if study else "the WHOLE dataset"
+    if not yes and not typer.confirm(f"Irreversibly shred {target} of dataset {dataset}?", default=False):
+        raise _fail("nothing shredded", code=1)
+    with runtime_for(settings()) as runtime:
+        try:
+            result = run_shred(runtime, dataset, patient=patient, study=study)
+        except (LookupError, KeyStoreError) as exc:
+            raise _fail(str(exc)) from None
+        runtime.audit.record(
+            cli_actor(),
+            "dataset.shred",
+            dataset,
+            "success",
+            reasons=[f"shredded {target}"],
+            details={"studies": result.studies, "objects": result.objects, "new_key_id": result.new_key_id},
+        )
+    console.print(
+        f"shredded {target}: {result.studies} studies, {result.objects} objects; "
+        + (f"dataset key rotated to {result.new_key_id}" if result.new_key_id else "dataset keys destroyed")
+    )
+
+
+@keys_app.command("status")
+def keys_status() -> None:
+    """Key-encryption keys per dataset: current version, versions kept, destroyed datasets."""
+    with runtime_for(settings()) as runtime:
+        try:
+            rows = runtime.keys.status()
+        except KeyStoreError as exc:
+            raise _fail(str(exc)) from None
+    table = Table("dataset", "current key", "versions", "created", "destroyed", title="Key store")
+    for row in rows:
+        table.add_row(
+            row.dataset,
+            row.current_key_id or "-",
+            ", ".join(row.key_ids),
+            str(row.created),
+            str(row.destroyed),
+        )
+    console.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(dataset: Annotated[str, typer.Argument(help="The dataset whose key to rotate.")]) -> None:
+    """New key-encryption key; every study key re-wrapped (no data re-encrypted); old versions retired."""
+    from connector.datasets.shred import rotate_dataset_key
+
+    with runtime_for(settings()) as runtime:
+        try:
+            new_key = rotate_dataset_key(runtime, dataset)
+        except KeyStoreError as exc:
+            raise _fail(str(exc)) from None
+        runtime.audit.record(cli_actor(), "keys.rotate", dataset, "success", details={"key_id": new_key})
+    console.print(f"dataset {dataset}: key rotated to {new_key}; study keys re-wrapped")
 
 
 @app.command()

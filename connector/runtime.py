@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from connector.audit.log import AuditLog
+from connector.crypto.keystore import SealedFileKeyStore, decode_master_key, load_master_key
 from connector.crypto.signing import ConnectorSigningKey
 from connector.db.engine import DatabaseUnavailable, check_database, make_engine, session_factory
 from connector.db.migrate import current_revision, head_revision, upgrade
@@ -34,6 +35,14 @@ class Runtime:
     verifier: TokenVerifier
     dev_issuer: DevIssuer | None
     _policy: EmbeddedOpaEngine | None = field(default=None, repr=False)
+    _keys: SealedFileKeyStore | None = field(default=None, repr=False)
+
+    @property
+    def keys(self) -> SealedFileKeyStore:
+        # Opened on first use: a wrong master key then fails the command that needs keys, clearly.
+        if self._keys is None:
+            self._keys = open_key_store(self.settings)
+        return self._keys
 
     @property
     def policy(self) -> EmbeddedOpaEngine:
@@ -95,5 +104,36 @@ def build_runtime(settings: Settings) -> Runtime:
         max_lifetime_seconds=settings.token_max_lifetime_seconds,
     )
     audit = AuditLog(sessions, signing_key, settings.connector_id, settings.audit_checkpoint_every)
-    objects = LocalObjectStore(settings.effective_objects_dir)
-    return Runtime(settings, engine, sessions, objects, signing_key, audit, verifier, dev_issuer)
+    return Runtime(
+        settings, engine, sessions, object_store(settings), signing_key, audit, verifier, dev_issuer
+    )
+
+
+def object_store(settings: Settings) -> ObjectStore:
+    """The object store the settings choose: a local folder, or MinIO / any S3."""
+    if settings.object_store == "s3":
+        from connector.storage.s3 import S3ObjectStore
+
+        assert (
+            settings.s3_endpoint and settings.s3_access_key and settings.s3_secret_key
+        )  # checked by Settings
+        return S3ObjectStore(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key.get_secret_value(),
+            settings.s3_bucket,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+    return LocalObjectStore(settings.effective_objects_dir)
+
+
+def open_key_store(settings: Settings) -> SealedFileKeyStore:
+    """The embedded key store, sealed by the master key (setting, environment or 0600 file)."""
+    if settings.master_key is not None:
+        master = decode_master_key(settings.master_key.get_secret_value())
+    else:
+        # The embedded default keeps the master key in a 0600 file; production passes
+        # CONNECTOR_MASTER_KEY from a secret manager or points master_key_file at another volume.
+        master = load_master_key(file=settings.effective_master_key_file, create_if_missing=True, environ={})
+    return SealedFileKeyStore(settings.keys_dir / "keystore.sealed", master)

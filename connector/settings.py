@@ -111,6 +111,20 @@ class Settings(BaseSettings):
     token_leeway_seconds: int = Field(default=60, ge=0, le=300, description="Clock skew allowed (bounded).")
     token_max_lifetime_seconds: int = Field(default=86400, ge=60, le=7 * 86400)
 
+    object_store: Literal["local", "s3"] = Field(default="local", description="Where encrypted objects live.")
+    s3_endpoint: str | None = Field(default=None, description="host:port of MinIO or any S3 (no scheme).")
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_bucket: str = Field(default="imaging-connector", min_length=3, max_length=63)
+    s3_secure: bool = Field(default=True, description="HTTPS to the S3 endpoint.")
+    s3_region: str | None = None
+    master_key: SecretStr | None = Field(
+        default=None, description="Base64 or hex 256-bit key sealing the key store (CONNECTOR_MASTER_KEY)."
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="0600 file holding the master key; default: data_dir/keys/master.key."
+    )
+
     audit_checkpoint_every: int = Field(default=100, ge=1, le=100_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -145,6 +159,16 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def effective_master_key_file(self) -> Path:
+        return self.master_key_file or self.keys_dir / "master.key"
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> Settings:
+        if self.object_store == "s3" and not (self.s3_endpoint and self.s3_access_key and self.s3_secret_key):
+            raise ValueError("object_store = 's3' needs s3_endpoint, s3_access_key and s3_secret_key")
+        return self
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as plain data, with every secret masked (for `config show`)."""

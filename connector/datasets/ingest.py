@@ -1,0 +1,198 @@
+"""Ingest: de-identify a folder, then encrypt, store and index every instance of a dataset.
+
+De-identified files exist only in a staging folder inside the data directory and are purged
+afterwards; the object store only ever receives ciphertext. Ingest is resumable: an object is
+recorded in the index only after it is stored, a re-run re-derives the same de-identified bytes
+(keyed, deterministic) and skips what is already stored, so there are no duplicates or orphans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydicom import dcmread
+from sqlalchemy import select
+
+from connector.audit.chain import canonical_json
+from connector.crypto.dataset_secrets import load_or_create_dataset_secret, validate_dataset_name
+from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
+from connector.datasets.vault import DatasetVault, object_key_for
+from connector.deid.batch import INCOMING, REPORT_NAME, RunSummary, run_batch
+from connector.deid.keys import DatasetKeys
+from connector.deid.recipes import compile_recipes
+from connector.runtime import Runtime
+
+
+class DatasetConflict(ValueError):
+    """The dataset exists with other settings; the message shows the difference."""
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    dataset: str
+    deid: RunSummary
+    stored: int
+    already_stored: int
+    studies: int
+    plain_bytes: int
+    stored_bytes: int
+
+
+def age_band(age: str) -> str:
+    """A ten-year band from a DICOM age string (ages over 89 in one band)."""
+    age = age.strip()
+    if len(age) != 4 or not age[:3].isdigit():
+        return ""
+    years = int(age[:3]) if age[3] == "Y" else 0
+    return "90+" if years >= 90 else f"{years // 10 * 10}-{years // 10 * 10 + 9}"
+
+
+def ensure_dataset(runtime: Runtime, name: str, options: tuple[str, ...]) -> None:
+    """Create the dataset record and its key, or check that an existing one has the same settings."""
+    validate_dataset_name(name)
+    wanted = {"profile": "basic", "options": list(options), "store": runtime.settings.object_store}
+    with runtime.sessions() as session, session.begin():
+        record = session.get(DatasetRecord, name)
+        if record is None:
+            session.add(
+                DatasetRecord(
+                    name=name,
+                    created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    profile="basic",
+                    options=canonical_json(list(options)),
+                    store=runtime.settings.object_store,
+                )
+            )
+        else:
+            existing = {
+                "profile": record.profile,
+                "options": json.loads(record.options),
+                "store": record.store,
+            }
+            if existing != wanted:
+                differences = "; ".join(
+                    f"{key}: dataset has {existing[key]}, this run asks for {wanted[key]}"
+                    for key in wanted
+                    if existing[key] != wanted[key]
+                )
+                raise DatasetConflict(f"dataset {name!r} already exists with other settings ({differences})")
+    runtime.keys.create_dataset_key(name)
+
+
+def ingest(
+    runtime: Runtime,
+    in_dir: Path,
+    dataset: str,
+    options: tuple[str, ...],
+    quarantine_dir: Path | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> IngestSummary:
+    plan = compile_recipes(options)
+    ensure_dataset(runtime, dataset, plan.options)
+    settings = runtime.settings
+    staging_root = settings.data_dir / "staging"
+    for stale in staging_root.glob(f"{dataset}-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run: never re-used
+    staging = staging_root / f"{dataset}-{secrets.token_hex(4)}"
+    keys = DatasetKeys(load_or_create_dataset_secret(settings.keys_dir, dataset))
+    try:
+        deid = run_batch(
+            in_dir,
+            staging,
+            plan,
+            keys,
+            quarantine_dir or settings.data_dir / "quarantine",
+            dataset,
+            workers=workers,
+            progress=progress,
+            on_total=on_total,
+        )
+        stored, already, plain_bytes, stored_bytes = _store_all(runtime, dataset, staging)
+        # The report outlives the staging folder (it holds no PHI).
+        reports = settings.data_dir / "reports" / dataset
+        reports.mkdir(parents=True, exist_ok=True)
+        kept_report = reports / f"deid-{deid.report['run_id']}.json"
+        shutil.copyfile(deid.report_path, kept_report)
+        deid.report_path = kept_report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    with runtime.sessions() as session:
+        studies = len(session.execute(select(StudyRecord.id).where(StudyRecord.dataset == dataset)).all())
+    return IngestSummary(dataset, deid, stored, already, studies, plain_bytes, stored_bytes)
+
+
+def _store_all(runtime: Runtime, dataset: str, staging: Path) -> tuple[int, int, int, int]:
+    vault = DatasetVault(dataset, runtime.keys, runtime.sessions)
+    with runtime.sessions() as session:
+        recorded = set(
+            session.execute(select(ObjectRecord.object_key).where(ObjectRecord.dataset == dataset)).scalars()
+        )
+    stored = already = plain_bytes = stored_bytes = 0
+    for path in sorted(staging.rglob("*.dcm")):
+        relative = path.relative_to(staging)
+        if INCOMING in relative.parts or path.name == REPORT_NAME:
+            continue
+        pseudonym, study_uid, series_uid, sop_file = relative.parts
+        object_key = object_key_for(dataset, study_uid, series_uid, sop_file.removesuffix(".dcm"))
+        if object_key in recorded and runtime.objects.exists(object_key):
+            already += 1
+            continue
+        plaintext = path.read_bytes()
+        header = dcmread(path, stop_before_pixels=True)
+        data_key, _ = vault.study_key(study_uid, pseudonym, _study_attributes(header))
+        ciphertext = vault.seal(plaintext, study_uid, object_key, data_key)
+        runtime.objects.put(object_key, ciphertext)
+        # Recorded only once stored: a crash in between leaves an object the next run overwrites.
+        with runtime.sessions() as session, session.begin():
+            if object_key not in recorded:
+                session.add(
+                    ObjectRecord(
+                        dataset=dataset,
+                        study_uid=study_uid,
+                        series_uid=series_uid,
+                        sop_instance_uid=sop_file.removesuffix(".dcm"),
+                        object_key=object_key,
+                        relative_path=str(relative),
+                        modality=str(header.get("Modality", "") or "")[:16],
+                        plain_size=len(plaintext),
+                        stored_size=len(ciphertext),
+                        plain_sha256=hashlib.sha256(plaintext).hexdigest(),
+                    )
+                )
+            _add_modality(session, dataset, study_uid, str(header.get("Modality", "") or ""))
+        recorded.add(object_key)
+        stored += 1
+        plain_bytes += len(plaintext)
+        stored_bytes += len(ciphertext)
+    return stored, already, plain_bytes, stored_bytes
+
+
+def _study_attributes(ds: object) -> dict[str, str]:
+    get = ds.get  # type: ignore[attr-defined]
+    date = str(get("StudyDate", "") or "")
+    return {
+        "modalities": "",
+        "body_part": str(get("BodyPartExamined", "") or "")[:64],
+        "sex": str(get("PatientSex", "") or "")[:8],
+        "age_band": age_band(str(get("PatientAge", "") or "")),
+        "study_year": date[:4] if len(date) >= 4 else "",
+        "manufacturer": str(get("Manufacturer", "") or "")[:64],
+    }
+
+
+def _add_modality(session: object, dataset: str, study_uid: str, modality: str) -> None:
+    row = session.execute(  # type: ignore[attr-defined]
+        select(StudyRecord).where(StudyRecord.dataset == dataset, StudyRecord.study_uid == study_uid)
+    ).scalar_one()
+    present = set(filter(None, row.modalities.split(",")))
+    if modality and modality not in present:
+        row.modalities = ",".join(sorted(present | {modality}))[:128]
