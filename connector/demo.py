@@ -22,11 +22,10 @@ from rich.panel import Panel
 from rich.table import Table
 
 from connector.api.app import create_app
-from connector.crypto.dataset_secrets import load_or_create_dataset_secret
-from connector.deid.batch import run_batch
-from connector.deid.keys import DatasetKeys
+from connector.datasets.export import export_dataset
+from connector.datasets.ingest import ingest
+from connector.datasets.shred import shred
 from connector.deid.options import DEFAULT_OPTIONS
-from connector.deid.recipes import compile_recipes
 from connector.deid.summary import render_summary
 from connector.identity.roles import Role
 from connector.observability.logging import configure_logging
@@ -124,28 +123,46 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
         f"({summary.bytes / 1e6:.1f} MB) with PHI planted everywhere real files carry it"
     )
 
-    console.rule("2. The data steward de-identifies it (PS3.15 Annex E, verified)")
-    secret = load_or_create_dataset_secret(settings.keys_dir, "demo-cohort")
-    deidentified = run_batch(
-        data_dir / "incoming",
-        data_dir / "deidentified",
-        compile_recipes(DEFAULT_OPTIONS),
-        DatasetKeys(secret),
-        data_dir / "quarantine",
-        "demo-cohort",
-    )
-    render_summary(console, deidentified)
-
-    console.rule("3. The connector service on 127.0.0.1")
+    console.rule("2. The data steward ingests it: de-identified, verified, encrypted, stored, indexed")
     runtime = build_runtime(settings)
+    ingested = ingest(runtime, data_dir / "incoming", "demo-cohort", DEFAULT_OPTIONS)
+    render_summary(console, ingested.deid)
+    objects = list(settings.effective_objects_dir.rglob("*.enc"))
+    plaintext = [path for path in objects if b"DICM" in path.read_bytes()]
+    console.print(
+        f"{ingested.stored} objects encrypted (AES-256-GCM, one key per study) "
+        f"in {settings.effective_objects_dir}: "
+        f"{len(plaintext)} of them hold plaintext DICOM; {ingested.studies} studies indexed"
+    )
     runtime.audit.record(
         "demo:steward-anna",
-        "deid.run",
+        "dataset.ingest",
         "demo-cohort",
         "success",
         roles=["steward"],
-        details={"written": deidentified.written, "quarantined": deidentified.quarantined},
+        details={"stored": ingested.stored, "quarantined": ingested.deid.quarantined},
     )
+    exported = export_dataset(runtime, "demo-cohort", data_dir / "exported")
+    console.print(
+        f"export: {exported} files decrypted into {data_dir / 'exported'}, each checked against its SHA-256"
+    )
+    runtime.audit.record("demo:steward-anna", "dataset.export", "demo-cohort", "success", roles=["steward"])
+    victim = sorted(path.name for path in (data_dir / "exported").iterdir())[0]
+    shredded = shred(runtime, "demo-cohort", patient=victim)
+    console.print(
+        f"erasure: patient {victim} crypto-shredded ({shredded.studies} studies, {shredded.objects} objects "
+        f"deleted, dataset key rotated to {shredded.new_key_id}: backups cannot decrypt them either)"
+    )
+    runtime.audit.record(
+        "demo:dpo-bruno",
+        "dataset.shred",
+        "demo-cohort",
+        "success",
+        roles=["dpo"],
+        reasons=[f"erasure of patient {victim}"],
+    )
+
+    console.rule("3. The connector service on 127.0.0.1")
     try:
         with serving(runtime) as base, httpx.Client(base_url=base, timeout=30) as client:
             ready = client.get("/readyz").json()

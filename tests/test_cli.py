@@ -105,10 +105,25 @@ def test_serve_starts_the_real_service_and_logs_json(tmp_path: Path) -> None:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path / "demo"), "--patients", "1"])
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path / "demo"), "--patients", "2"])
     assert result.exit_code == 0, result.output
     assert "audit chain intact: True" in result.output
-    assert "403 forbidden" in result.output and "200 allowed" in result.output
+    assert "de-identified, 0 quarantined" in " ".join(result.output.split())
+    assert "burned-in text cleaned" in result.output
+    # The access table: one row per route, one column per role (steward, dpo, researcher, hdab, peer, none).
+    rows = {
+        cells[0]: cells[1:]
+        for line in result.output.splitlines()
+        if line.count("│") == 8 and (cells := [cell.strip() for cell in line.split("│")[1:-1]])[0]
+    }
+    assert rows["GET /v1/audit?limit=5"] == ["403", "200", "403", "403", "403", "401"]
+    assert rows["GET /v1/me"] == ["200", "200", "200", "200", "200", "401"]
+    flowing = " ".join(result.output.split())  # rich wraps long lines at the terminal width
+    assert "0 of them hold plaintext DICOM" in flowing
+    assert "crypto-shredded" in flowing
+    objects = list((tmp_path / "demo" / "objects").rglob("*.enc"))
+    assert objects and not any(b"DICM" in path.read_bytes() for path in objects)
+    assert len(list((tmp_path / "demo" / "exported").rglob("*.dcm"))) == 60
 
 
 def test_demo_refuses_to_wipe_a_folder_it_did_not_make(tmp_path: Path) -> None:

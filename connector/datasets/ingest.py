@@ -130,6 +130,10 @@ def ingest(
     return IngestSummary(dataset, deid, stored, already, studies, plain_bytes, stored_bytes)
 
 
+_HEADER_TAGS = ["Modality", "BodyPartExamined", "PatientSex", "PatientAge", "StudyDate", "Manufacturer"]
+_BATCH = 200  # index rows per transaction: one commit per object would cost more than the encryption
+
+
 def _store_all(runtime: Runtime, dataset: str, staging: Path) -> tuple[int, int, int, int]:
     vault = DatasetVault(dataset, runtime.keys, runtime.sessions)
     with runtime.sessions() as session:
@@ -137,43 +141,71 @@ def _store_all(runtime: Runtime, dataset: str, staging: Path) -> tuple[int, int,
             session.execute(select(ObjectRecord.object_key).where(ObjectRecord.dataset == dataset)).scalars()
         )
     stored = already = plain_bytes = stored_bytes = 0
-    for path in sorted(staging.rglob("*.dcm")):
-        relative = path.relative_to(staging)
-        if INCOMING in relative.parts or path.name == REPORT_NAME:
-            continue
-        pseudonym, study_uid, series_uid, sop_file = relative.parts
-        object_key = object_key_for(dataset, study_uid, series_uid, sop_file.removesuffix(".dcm"))
-        if object_key in recorded and runtime.objects.exists(object_key):
-            already += 1
-            continue
-        plaintext = path.read_bytes()
-        header = dcmread(path, stop_before_pixels=True)
-        data_key, _ = vault.study_key(study_uid, pseudonym, _study_attributes(header))
-        ciphertext = vault.seal(plaintext, study_uid, object_key, data_key)
-        runtime.objects.put(object_key, ciphertext)
-        # Recorded only once stored: a crash in between leaves an object the next run overwrites.
-        with runtime.sessions() as session, session.begin():
-            if object_key not in recorded:
-                session.add(
-                    ObjectRecord(
-                        dataset=dataset,
-                        study_uid=study_uid,
-                        series_uid=series_uid,
-                        sop_instance_uid=sop_file.removesuffix(".dcm"),
-                        object_key=object_key,
-                        relative_path=str(relative),
-                        modality=str(header.get("Modality", "") or "")[:16],
-                        plain_size=len(plaintext),
-                        stored_size=len(ciphertext),
-                        plain_sha256=hashlib.sha256(plaintext).hexdigest(),
-                    )
+    pending: list[ObjectRecord] = []
+    modalities: dict[str, set[str]] = {}
+    try:
+        for path in sorted(staging.rglob("*.dcm")):
+            relative = path.relative_to(staging)
+            if INCOMING in relative.parts or path.name == REPORT_NAME:
+                continue
+            pseudonym, study_uid, series_uid, sop_file = relative.parts
+            object_key = object_key_for(dataset, study_uid, series_uid, sop_file.removesuffix(".dcm"))
+            if object_key in recorded and runtime.objects.exists(object_key):
+                already += 1
+                continue
+            plaintext = path.read_bytes()
+            header = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            modality = str(header.get("Modality", "") or "")[:16]
+            data_key, _ = vault.study_key(study_uid, pseudonym, _study_attributes(header))
+            ciphertext = vault.seal(plaintext, study_uid, object_key, data_key)
+            runtime.objects.put(object_key, ciphertext)
+            # Indexed only once stored (in batches): after a crash, a stored but unindexed object is
+            # simply encrypted and stored again by the next run, so nothing is orphaned or doubled.
+            pending.append(
+                ObjectRecord(
+                    dataset=dataset,
+                    study_uid=study_uid,
+                    series_uid=series_uid,
+                    sop_instance_uid=sop_file.removesuffix(".dcm"),
+                    object_key=object_key,
+                    relative_path=str(relative),
+                    modality=modality,
+                    plain_size=len(plaintext),
+                    stored_size=len(ciphertext),
+                    plain_sha256=hashlib.sha256(plaintext).hexdigest(),
                 )
-            _add_modality(session, dataset, study_uid, str(header.get("Modality", "") or ""))
-        recorded.add(object_key)
-        stored += 1
-        plain_bytes += len(plaintext)
-        stored_bytes += len(ciphertext)
+            )
+            modalities.setdefault(study_uid, set()).add(modality)
+            stored += 1
+            plain_bytes += len(plaintext)
+            stored_bytes += len(ciphertext)
+            if len(pending) >= _BATCH:
+                _flush(runtime, dataset, pending, modalities, recorded)
+    finally:
+        # What was stored before a failure is indexed, so a resumed run skips it.
+        _flush(runtime, dataset, pending, modalities, recorded)
     return stored, already, plain_bytes, stored_bytes
+
+
+def _flush(
+    runtime: Runtime,
+    dataset: str,
+    pending: list[ObjectRecord],
+    modalities: dict[str, set[str]],
+    recorded: set[str],
+) -> None:
+    with runtime.sessions() as session, session.begin():
+        session.add_all(record for record in pending if record.object_key not in recorded)
+        for row in session.execute(
+            select(StudyRecord).where(
+                StudyRecord.dataset == dataset, StudyRecord.study_uid.in_(list(modalities))
+            )
+        ).scalars():
+            present = set(filter(None, row.modalities.split(",")))
+            row.modalities = ",".join(sorted(present | (modalities[row.study_uid] - {""})))[:128]
+    recorded.update(record.object_key for record in pending)
+    pending.clear()
+    modalities.clear()
 
 
 def _study_attributes(ds: object) -> dict[str, str]:
@@ -187,12 +219,3 @@ def _study_attributes(ds: object) -> dict[str, str]:
         "study_year": date[:4] if len(date) >= 4 else "",
         "manufacturer": str(get("Manufacturer", "") or "")[:64],
     }
-
-
-def _add_modality(session: object, dataset: str, study_uid: str, modality: str) -> None:
-    row = session.execute(  # type: ignore[attr-defined]
-        select(StudyRecord).where(StudyRecord.dataset == dataset, StudyRecord.study_uid == study_uid)
-    ).scalar_one()
-    present = set(filter(None, row.modalities.split(",")))
-    if modality and modality not in present:
-        row.modalities = ",".join(sorted(present | {modality}))[:128]
