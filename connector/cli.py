@@ -73,7 +73,7 @@ def runtime_for(loaded: Settings) -> Iterator:  # type: ignore[type-arg]
 
     try:
         runtime = build_runtime(loaded)
-    except (DatabaseUnavailable, KeyFileError) as exc:
+    except (DatabaseUnavailable, KeyFileError, KeyStoreError) as exc:
         raise _fail(str(exc)) from None
     try:
         yield runtime
@@ -640,7 +640,7 @@ def demo(
 
     try:
         run_demo(data_dir.absolute(), patients, console)
-    except (SettingsError, DatabaseUnavailable, KeyFileError, RuntimeError) as exc:
+    except (SettingsError, DatabaseUnavailable, KeyFileError, KeyStoreError, RuntimeError) as exc:
         raise _fail(str(exc)) from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,7 +92,9 @@ def build_runtime(settings: Settings) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = open_database(settings)
     sessions = session_factory(engine)
-    signing_key = ConnectorSigningKey.load_or_create(settings.keys_dir / "connector-ed25519.pem")
+    # Opening the key store at start makes a wrong master key fail here, clearly, before anything runs.
+    keys = open_key_store(settings)
+    signing_key = ConnectorSigningKey(Ed25519PrivateKey.from_private_bytes(keys.signing_seed()))
     dev_issuer = (
         DevIssuer.load_or_create(settings.keys_dir / "dev-issuer", settings.dev_issuer_id, settings.audience)
         if settings.dev_issuer_enabled

@@ -292,6 +292,26 @@ class SealedFileKeyStore:
             else:
                 raise KeyStoreError(f"key store file {self.path} does not exist")
 
+    # ---------------------------------------------------------------- signing keys
+
+    def signing_seed(self, name: str = "connector") -> bytes:
+        """The 32-byte Ed25519 seed of a signing key kept in this store, generated on first use.
+
+        The connector's own key pair (audit checkpoints, agreements, results) lives here, sealed
+        by the same master key as the KEKs, rather than in a file of its own.
+        """
+        with self._mutex:
+            self._refresh()
+            stored = self._state.get("signing", {}).get(name)
+        if stored is None:
+
+            def change(state: dict[str, Any]) -> str:
+                keys = state.setdefault("signing", {})
+                return keys.setdefault(name, base64.b64encode(os.urandom(KEY_SIZE)).decode("ascii"))
+
+            stored = self._mutate(change)
+        return base64.b64decode(stored)
+
     # ---------------------------------------------------------------- KeyStore
 
     def create_dataset_key(self, dataset: str) -> str:
