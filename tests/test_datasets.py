@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 from collections.abc import Iterator
@@ -106,21 +107,21 @@ def test_resumed_ingest_has_no_duplicates_or_orphans(
     runtime: Runtime, cohort: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     original_put = runtime.objects.put
-    calls = {"n": 0}
+    calls = itertools.count(1)  # thread-safe: ingest stores from several threads
 
     def failing_put(key: str, data: bytes) -> None:
-        calls["n"] += 1
-        if calls["n"] == 25:
+        if next(calls) == 25:
             raise ObjectStoreError("simulated: the store went away")
         original_put(key, data)
 
     monkeypatch.setattr(runtime.objects, "put", failing_put)
     with pytest.raises(ObjectStoreError, match="simulated"):
         ingest(runtime, cohort, DATASET, DEFAULT_OPTIONS)
-    assert len(stored_objects(runtime)) == 24
+    indexed = len(stored_objects(runtime))  # every object stored before or beside the failure
+    assert 0 < indexed < 60
     monkeypatch.setattr(runtime.objects, "put", original_put)
     summary = ingest(runtime, cohort, DATASET, DEFAULT_OPTIONS)
-    assert (summary.already_stored, summary.stored) == (24, 36)
+    assert (summary.already_stored, summary.stored) == (indexed, 60 - indexed)
     objects = stored_objects(runtime)
     assert len(objects) == 60
     if runtime.settings.object_store == "local":

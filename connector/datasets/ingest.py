@@ -12,7 +12,9 @@ import hashlib
 import json
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,56 +136,75 @@ _HEADER_TAGS = ["Modality", "BodyPartExamined", "PatientSex", "PatientAge", "Stu
 _BATCH = 200  # index rows per transaction: one commit per object would cost more than the encryption
 
 
+_STORE_THREADS = 4  # uploads and fsyncs overlap (they release the GIL); header parsing does not
+
+
 def _store_all(runtime: Runtime, dataset: str, staging: Path) -> tuple[int, int, int, int]:
     vault = DatasetVault(dataset, runtime.keys, runtime.sessions)
     with runtime.sessions() as session:
         recorded = set(
             session.execute(select(ObjectRecord.object_key).where(ObjectRecord.dataset == dataset)).scalars()
         )
-    stored = already = plain_bytes = stored_bytes = 0
+    work = []
+    already = 0
+    for path in sorted(staging.rglob("*.dcm")):
+        relative = path.relative_to(staging)
+        if INCOMING in relative.parts or path.name == REPORT_NAME:
+            continue
+        _, study_uid, series_uid, sop_file = relative.parts
+        object_key = object_key_for(dataset, study_uid, series_uid, sop_file.removesuffix(".dcm"))
+        if object_key in recorded and runtime.objects.exists(object_key):
+            already += 1
+        else:
+            work.append((path, relative, object_key))
+    study_lock = threading.Lock()
+
+    def seal_and_store(item: tuple[Path, Path, str]) -> ObjectRecord:
+        path, relative, object_key = item
+        pseudonym, study_uid, series_uid, sop_file = relative.parts
+        plaintext = path.read_bytes()
+        header = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        with study_lock:  # one data key per study, created once
+            data_key, _ = vault.study_key(study_uid, pseudonym, _study_attributes(header))
+        ciphertext = vault.seal(plaintext, study_uid, object_key, data_key)
+        runtime.objects.put(object_key, ciphertext)
+        return ObjectRecord(
+            dataset=dataset,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_instance_uid=sop_file.removesuffix(".dcm"),
+            object_key=object_key,
+            relative_path=str(relative),
+            modality=str(header.get("Modality", "") or "")[:16],
+            plain_size=len(plaintext),
+            stored_size=len(ciphertext),
+            plain_sha256=hashlib.sha256(plaintext).hexdigest(),
+        )
+
+    stored = plain_bytes = stored_bytes = 0
     pending: list[ObjectRecord] = []
     modalities: dict[str, set[str]] = {}
-    try:
-        for path in sorted(staging.rglob("*.dcm")):
-            relative = path.relative_to(staging)
-            if INCOMING in relative.parts or path.name == REPORT_NAME:
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(_STORE_THREADS, thread_name_prefix="seal") as pool:
+        futures = [pool.submit(seal_and_store, item) for item in work]
+        for future in futures:
+            try:
+                record = future.result()
+            except Exception as exc:  # keep indexing what did get stored, then report the failure
+                failure = failure or exc
                 continue
-            pseudonym, study_uid, series_uid, sop_file = relative.parts
-            object_key = object_key_for(dataset, study_uid, series_uid, sop_file.removesuffix(".dcm"))
-            if object_key in recorded and runtime.objects.exists(object_key):
-                already += 1
-                continue
-            plaintext = path.read_bytes()
-            header = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            modality = str(header.get("Modality", "") or "")[:16]
-            data_key, _ = vault.study_key(study_uid, pseudonym, _study_attributes(header))
-            ciphertext = vault.seal(plaintext, study_uid, object_key, data_key)
-            runtime.objects.put(object_key, ciphertext)
             # Indexed only once stored (in batches): after a crash, a stored but unindexed object is
-            # simply encrypted and stored again by the next run, so nothing is orphaned or doubled.
-            pending.append(
-                ObjectRecord(
-                    dataset=dataset,
-                    study_uid=study_uid,
-                    series_uid=series_uid,
-                    sop_instance_uid=sop_file.removesuffix(".dcm"),
-                    object_key=object_key,
-                    relative_path=str(relative),
-                    modality=modality,
-                    plain_size=len(plaintext),
-                    stored_size=len(ciphertext),
-                    plain_sha256=hashlib.sha256(plaintext).hexdigest(),
-                )
-            )
-            modalities.setdefault(study_uid, set()).add(modality)
+            # simply sealed and stored again by the next run, so nothing is orphaned or doubled.
+            pending.append(record)
+            modalities.setdefault(record.study_uid, set()).add(record.modality)
             stored += 1
-            plain_bytes += len(plaintext)
-            stored_bytes += len(ciphertext)
+            plain_bytes += record.plain_size
+            stored_bytes += record.stored_size
             if len(pending) >= _BATCH:
                 _flush(runtime, dataset, pending, modalities, recorded)
-    finally:
-        # What was stored before a failure is indexed, so a resumed run skips it.
-        _flush(runtime, dataset, pending, modalities, recorded)
+    _flush(runtime, dataset, pending, modalities, recorded)
+    if failure is not None:
+        raise failure
     return stored, already, plain_bytes, stored_bytes
 
 
