@@ -297,17 +297,9 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
 ) -> None:
     """Write realistic synthetic identified DICOM studies (CT, MR, CR/DX, MG, US, SC, SR) for tests."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from connector.synth import count_files, generate_cohort
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=errors,
-    ) as progress:
+    with _progress() as progress:
         task = progress.add_task("synthesising", total=count_files(patients))
         summary = generate_cohort(out_dir, patients, seed=seed, progress=lambda n: progress.advance(task, n))
     console.print(
@@ -345,7 +337,6 @@ def deid(
     ] = None,
 ) -> None:
     """De-identify every DICOM file under IN_DIR into OUT_DIR (PS3.15 Annex E, verified, reported)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from connector.crypto.dataset_secrets import load_or_create_dataset_secret
     from connector.deid.batch import run_batch
@@ -367,13 +358,7 @@ def deid(
         raise _fail(str(exc)) from None
     with (
         runtime_for(loaded) as runtime,
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=errors,
-        ) as progress,
+        _progress() as progress,
     ):
         task = progress.add_task("de-identifying", total=None)
         try:

@@ -6,12 +6,12 @@ replaces it, since that would silently orphan everything signed or sealed with t
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from connector.atomic_files import write_atomically
 
 
 class KeyFileError(Exception):
@@ -19,23 +19,12 @@ class KeyFileError(Exception):
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Write `data` to `path` with mode 0600 via a temporary file and rename (no half-written key)."""
+    """Write `data` to a new `path` with mode 0600, atomically; never replaces an existing file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            # link() is atomic and, unlike rename, refuses to replace a key that appeared meanwhile.
-            os.link(temp, path)
-        except FileExistsError:
-            raise KeyFileError(f"refusing to overwrite existing key file {path}") from None
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        write_atomically(path, data, mode=0o600, exclusive=True)
+    except FileExistsError:
+        raise KeyFileError(f"refusing to overwrite existing key file {path}") from None
 
 
 def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:

@@ -50,7 +50,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from connector.atomic_files import write_atomically
 from connector.crypto.dataset_secrets import validate_dataset_name
 from connector.crypto.keyfile import KeyFileError, write_private_file
 
@@ -550,21 +550,5 @@ class SealedFileKeyStore:
         plain = json.dumps(self._state, sort_keys=True, separators=(",", ":")).encode("utf-8")
         header = _FILE_MAGIC + bytes([_FILE_VERSION]) + self._kcv() + secrets.token_bytes(_NONCE_SIZE)
         blob = header + AESGCM(self._master).encrypt(header[-_NONCE_SIZE:], plain, header)
-        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.path, blob, mode=0o600, sync_dir=True)
         self._signature = self._stat_signature()

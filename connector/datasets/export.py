@@ -7,13 +7,12 @@ fails verification is named and the export stops.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
 
+from connector.atomic_files import write_atomically
 from connector.datasets.models import DatasetRecord, ObjectRecord
 from connector.datasets.vault import DatasetVault
 from connector.runtime import Runtime
@@ -45,10 +44,7 @@ def export_dataset(
         plaintext = vault.open(ciphertext, record.study_uid, record.object_key, record.plain_sha256)
         target = out_dir / record.relative_path
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".export-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(plaintext)
-        os.replace(temp, target)
+        write_atomically(target, plaintext)
         if progress:
             progress(1)
     return len(objects)

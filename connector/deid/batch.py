@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from connector.atomic_files import write_atomically
 from connector.deid.engine import Refused, deidentify
 from connector.deid.keys import DatasetKeys
 from connector.deid.plan import Plan
@@ -155,7 +156,7 @@ def run_batch(
         shutil.rmtree(incoming, ignore_errors=True)
     report = _report(outcomes, in_dir, plan, dataset, run_id, time.perf_counter() - started)
     report_path = out_dir / REPORT_NAME
-    _write_atomic(report_path, json.dumps(report, indent=2, ensure_ascii=False).encode())
+    write_atomically(report_path, json.dumps(report, indent=2, ensure_ascii=False).encode())
     counts = Counter(outcome.status for outcome in outcomes)
     return RunSummary(report, report_path, counts["written"], counts["quarantined"], counts["skipped"])
 
@@ -208,13 +209,6 @@ def _quarantine(outcome: Outcome, in_dir: Path, folder: Path) -> None:
             )
             + "\n"
         )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(temp, path)
 
 
 def _report(
