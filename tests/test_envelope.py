@@ -57,7 +57,8 @@ def test_round_trip_default_chunks(size: int) -> None:
     plaintext = _sample(size)
     blob = encrypt_bytes(plaintext, KEY, IDENTITY, KEY_ID)
     assert len(blob) == encrypted_size(size, KEY_ID)
-    assert plaintext[:64] not in blob or size == 0
+    # A single random byte appears in any ciphertext by chance; a 16-byte run never does.
+    assert plaintext[:64] not in blob or size < 16
     assert decrypt_bytes(blob, KEY, IDENTITY) == plaintext
 
 
