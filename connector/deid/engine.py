@@ -6,7 +6,6 @@ folder itself (the batch does, atomically) and never puts an original value into
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from connector import __version__
@@ -26,6 +24,7 @@ from connector.deid.pixels import PixelCleaningRefused, clean_pixels, may_carry_
 from connector.deid.plan import Plan
 from connector.deid.transform import DUMMY_TEXT, apply_plan, clean_deferred, new_work
 from connector.deid.verify import find_leaks
+from connector.dicom_encode import encode_file
 from connector.dicom_meta import file_meta_for
 
 IMPLEMENTATION_CLASS_UID = "2.25.181113935498374591925722209873829245310"
@@ -168,15 +167,15 @@ def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
         # A value that cannot be decoded is a corrupt element: nothing of the instance is written.
         raise Refused("unreadable", f"an element cannot be decoded ({type(exc).__name__})") from None
     add_markers(ds, plan)
+    # The 128-byte preamble is free-form (some devices put a TIFF header there): never carry it over.
+    ds.preamble = b"\x00" * 128
     ds.file_meta = file_meta_for(ds, syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION)
-    buffer = io.BytesIO()
     try:
-        dcmwrite(buffer, ds, enforce_file_format=True)
+        encoded = encode_file(ds)
     except Exception as exc:
         raise Refused(
             "unwritable", f"the de-identified instance cannot be encoded ({type(exc).__name__})"
         ) from None
-    encoded = buffer.getvalue()
     leaks = find_leaks(
         encoded, work.identifying, work.kept | _OUR_VALUES | {work.pseudonym.encode()}, work.safe_raw
     )
