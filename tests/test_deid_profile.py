@@ -288,3 +288,14 @@ def test_clean_graphics_keeps_annotations_and_cleans_their_text(tmp_path: Path) 
     assert cleaned[0x6000, 0x4000].value == "overlay of *** ***"  # given and family name
     assert (0x6000, 0x3000) not in cleaned  # an overlay bitmap may spell a name: it cannot be cleaned
     assert "GraphicAnnotationSequence" in cleaned
+
+
+def test_the_free_form_preamble_is_never_carried_over(tmp_path: Path) -> None:
+    path = tmp_path / "in.dcm"
+    ds = ct_instance(path)
+    ds.preamble = b"II*\x00" + "Kowalska Zofia PL-88012345".encode().ljust(124, b"\x00")
+    ds.save_as(path, enforce_file_format=True)
+    assert dcmread(path).preamble.startswith(b"II*")
+    result = deidentify(path, compile_recipes(()), KEYS)
+    assert result.encoded[:128] == b"\x00" * 128
+    assert b"Kowalska" not in result.encoded
