@@ -293,7 +293,7 @@ def test_clean_graphics_keeps_annotations_and_cleans_their_text(tmp_path: Path) 
 def test_the_free_form_preamble_is_never_carried_over(tmp_path: Path) -> None:
     path = tmp_path / "in.dcm"
     ds = ct_instance(path)
-    ds.preamble = b"II*\x00" + "Kowalska Zofia PL-88012345".encode().ljust(124, b"\x00")
+    ds.preamble = b"II*\x00" + b"Kowalska Zofia PL-88012345".ljust(124, b"\x00")
     ds.save_as(path, enforce_file_format=True)
     assert dcmread(path).preamble.startswith(b"II*")
     result = deidentify(path, compile_recipes(()), KEYS)
