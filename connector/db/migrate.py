@@ -40,7 +40,3 @@ def alembic_config_without_engine() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
-
-
-def is_up_to_date(engine: Engine) -> bool:
-    return current_revision(engine) == head_revision()

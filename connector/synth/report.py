@@ -46,10 +46,6 @@ def _image(rec: Recorder, reference: Reference) -> Dataset:
     return item
 
 
-def sr_series(ds: Dataset, series: SeriesInfo, rec: Recorder) -> None:
-    """Nothing beyond the common series modules: SR Document Series is Modality, UID, number."""
-
-
 def sr_instance(
     ds: Dataset, rec: Recorder, series: SeriesInfo, sop_uid: str, references: list[Reference]
 ) -> None:
