@@ -309,6 +309,15 @@ def synth(
     )
 
 
+def _deid_options(option: list[str] | None, in_dir: Path) -> tuple[str, ...]:
+    """The profile options a de-identifying command asked for ('none': the Basic Profile alone)."""
+    from connector.deid.options import DEFAULT_OPTIONS
+
+    if not in_dir.is_dir():
+        raise _fail(f"input folder {in_dir} does not exist")
+    return DEFAULT_OPTIONS if not option else tuple(name for name in option if name != "none")
+
+
 @app.command()
 def deid(
     in_dir: Annotated[
@@ -341,15 +350,13 @@ def deid(
     from connector.crypto.dataset_secrets import load_or_create_dataset_secret
     from connector.deid.batch import run_batch
     from connector.deid.keys import DatasetKeys
-    from connector.deid.options import DEFAULT_OPTIONS, UnknownOption
+    from connector.deid.options import UnknownOption
     from connector.deid.recipes import RecipeError, compile_recipes
     from connector.deid.summary import render_summary
 
     if profile != "basic":
         raise _fail(f"unknown profile {profile!r}; the connector implements 'basic' and its options")
-    chosen = DEFAULT_OPTIONS if not option else tuple(name for name in option if name != "none")
-    if not in_dir.is_dir():
-        raise _fail(f"input folder {in_dir} does not exist")
+    chosen = _deid_options(option, in_dir)
     loaded = settings()
     try:
         plan = compile_recipes(chosen)
@@ -423,14 +430,12 @@ def ingest(
     """De-identify, verify, encrypt, store and index a folder into an encrypted dataset (resumable)."""
     from connector.datasets.ingest import DatasetConflict
     from connector.datasets.ingest import ingest as run_ingest
-    from connector.deid.options import DEFAULT_OPTIONS, UnknownOption
+    from connector.deid.options import UnknownOption
     from connector.deid.recipes import RecipeError
     from connector.deid.summary import render_summary
     from connector.storage.objects import ObjectStoreError
 
-    chosen = DEFAULT_OPTIONS if not option else tuple(name for name in option if name != "none")
-    if not in_dir.is_dir():
-        raise _fail(f"input folder {in_dir} does not exist")
+    chosen = _deid_options(option, in_dir)
     with runtime_for(settings()) as runtime, _progress() as progress:
         task = progress.add_task("ingesting", total=None)
         try:
