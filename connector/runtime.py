@@ -35,15 +35,8 @@ class Runtime:
     audit: AuditLog
     verifier: TokenVerifier
     dev_issuer: DevIssuer | None
+    keys: SealedFileKeyStore  # opened at start: a wrong master key stops everything, clearly
     _policy: EmbeddedOpaEngine | None = field(default=None, repr=False)
-    _keys: SealedFileKeyStore | None = field(default=None, repr=False)
-
-    @property
-    def keys(self) -> SealedFileKeyStore:
-        # Opened on first use: a wrong master key then fails the command that needs keys, clearly.
-        if self._keys is None:
-            self._keys = open_key_store(self.settings)
-        return self._keys
 
     @property
     def policy(self) -> EmbeddedOpaEngine:
@@ -108,7 +101,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     audit = AuditLog(sessions, signing_key, settings.connector_id, settings.audit_checkpoint_every)
     return Runtime(
-        settings, engine, sessions, object_store(settings), signing_key, audit, verifier, dev_issuer
+        settings, engine, sessions, object_store(settings), signing_key, audit, verifier, dev_issuer, keys
     )
 
 

@@ -9,6 +9,7 @@ recorded in the index only after it is stored, a re-run re-derives the same de-i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import secrets
 import shutil
@@ -163,7 +164,8 @@ def _store_all(runtime: Runtime, dataset: str, staging: Path) -> tuple[int, int,
         path, relative, object_key = item
         pseudonym, study_uid, series_uid, sop_file = relative.parts
         plaintext = path.read_bytes()
-        header = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        # Parsed from the bytes already read: the staged file is read once.
+        header = dcmread(io.BytesIO(plaintext), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         with study_lock:  # one data key per study, created once
             data_key, _ = vault.study_key(study_uid, pseudonym, _study_attributes(header))
         ciphertext = vault.seal(plaintext, study_uid, object_key, data_key)

@@ -418,9 +418,12 @@ _UID_LIKE = re.compile(rb"^[0-9]+(\.[0-9]+){2,}$")
 
 def _is_uid_origin(origin: str, value: bytes = b"") -> bool:
     """UIDs and date-times never hide in prose as such (the date patterns catch the dates)."""
-    if _UID_LIKE.match(value):
-        return True
-    tag = tag_for_keyword(origin)
+    return bool(_UID_LIKE.match(value)) or _is_uid_or_time_keyword(origin)
+
+
+@lru_cache(maxsize=1024)
+def _is_uid_or_time_keyword(keyword: str) -> bool:
+    tag = tag_for_keyword(keyword)
     return tag is not None and dictionary_VR(tag) in {"UI", "DT", "TM"}
 
 
