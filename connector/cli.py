@@ -634,5 +634,15 @@ def demo(
         raise _fail(str(exc)) from None
 
 
+def _register_subcommands() -> None:
+    # The DPO's command groups live in their own module, which imports this one's helpers.
+    from connector.cli_policy import register
+
+    register(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     app()

@@ -1,12 +1,14 @@
 """The end-to-end demo on embedded defaults: nothing to install, nothing left running.
 
-It synthesises an identified cohort, starts the real service on a free loopback port,
-authenticates as each user role and shows what each may see. It must only ever touch its own
+It synthesises an identified cohort, ingests it, starts the real service on a free loopback port,
+authenticates as each user role and shows what each may see, then lets the DPO activate the
+policies and import an opt-out, and a researcher's access requests be decided. It must only ever touch its own
 data folder (marked by a `.connector-demo` file) and 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -29,6 +32,7 @@ from connector.deid.options import DEFAULT_OPTIONS
 from connector.deid.summary import render_summary
 from connector.identity.roles import Role
 from connector.observability.logging import configure_logging
+from connector.policy.bundle import PolicyBundle, default_policies_dir
 from connector.runtime import Runtime, build_runtime
 from connector.settings import load_settings
 
@@ -103,6 +107,106 @@ def show_access(console: Console, client: httpx.Client, tokens: dict[Role, str])
         cells.append(_mark(client.request(method, path).status_code))
         table.add_row(f"{method} {path}", *cells)
     console.print(table)
+
+
+def _decision_line(console: Console, title: str, decision: dict[str, Any]) -> None:
+    verdict = "[bold green]ALLOW[/]" if decision["allow"] else "[bold red]DENY[/]"
+    console.print(f"{title}: {verdict} (policy {decision['policy_version']})")
+    for reason in decision["reasons"] if not decision["allow"] else []:
+        console.print(f"    reason: {reason}", highlight=False)
+    for obligation in decision["obligations"]:
+        console.print(f"    obligation: {obligation}", highlight=False)
+
+
+def _still_indexed_patient(runtime: Runtime, incoming: Path) -> dict[str, str]:
+    """The hospital identifier of a patient whose studies are still stored (not the shredded one)."""
+    import pydicom
+    from sqlalchemy import select
+
+    from connector.crypto.dataset_secrets import load_or_create_dataset_secret
+    from connector.datasets.models import StudyRecord
+    from connector.deid.keys import DatasetKeys, patient_key
+
+    keys = DatasetKeys(load_or_create_dataset_secret(runtime.settings.keys_dir, "demo-cohort"))
+    with runtime.sessions() as session:
+        stored = set(session.execute(select(StudyRecord.patient_pseudonym)).scalars())
+    for path in sorted(incoming.rglob("*.dcm")):
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        patient_id, issuer = str(header.PatientID), str(header.get("IssuerOfPatientID", ""))
+        if keys.pseudonym(patient_key(patient_id, issuer)) in stored:
+            return {"patient_id": patient_id, "issuer": issuer}
+    raise RuntimeError("no patient of the demo cohort is left to opt out")
+
+
+def show_policies(
+    console: Console, client: httpx.Client, runtime: Runtime, tokens: dict[Role, str], data_dir: Path
+) -> None:
+    """The DPO reviews and activates the policies, imports an opt-out; a researcher asks for access."""
+    console.rule("5. The DPO's policies: test, activate, import opt-outs; access requests decided by OPA")
+    dpo = {"authorization": f"Bearer {tokens[Role.DPO]}"}
+    files = dict(PolicyBundle.from_dir(runtime.settings.policies_dir or default_policies_dir()).files)
+    terms = json.loads(files["data.json"])
+    # The DPO's review: the demo cohort is synthetic (no real person), so k may be 2 for it.
+    terms["connector"]["settings"]["datasets"]["demo-cohort"]["k"] = 2
+    files["data.json"] = json.dumps(terms, indent=2)
+    tested = client.post("/v1/policy/test", json={"files": files}, headers=dpo).json()
+    console.print(
+        f"Rego unit tests: {tested['tests']} run, passed: {tested['passed']}, "
+        f"coverage {tested['coverage_percent']}%"
+    )
+    reply = client.post(
+        "/v1/policy/activate", json={"files": files, "note": "demo cohort: k = 2"}, headers=dpo
+    )
+    version = reply.json()["version"]
+    console.print(f"activated {version['label']} ({version['digest'][:12]}) by {version['activated_by']}")
+    history = client.get("/v1/policy/history", headers=dpo).json()
+    console.print("history: " + ", ".join(f"{row['label']} ({row['note']})" for row in history))
+
+    # One patient of the hospital's opt-out register, by the hospital's own identifier: the
+    # connector turns it into the dataset's pseudonym and stores only that.
+    optout = {**_still_indexed_patient(runtime, data_dir / "incoming"), "status": "opted-out"}
+    imported = client.post(
+        "/v1/consent/import", json={"entries": [optout], "source": "national opt-out register"}, headers=dpo
+    ).json()
+    console.print(
+        f"opt-out register imported: {imported['entries']} entry ({imported['by_status']}); "
+        "the hospital identifier was turned into the dataset pseudonym and dropped"
+    )
+
+    researcher_id, organisation, country = PEOPLE[Role.RESEARCHER]
+    assert runtime.permit_issuer is not None
+    permit = runtime.permit_issuer.issue(
+        researcher_id,
+        organisation,
+        ["ai-development"],
+        ["demo-cohort"],
+        [country],
+        valid_days=90,
+        conditions=["publish results as open access"],
+    )
+    console.print(f"the HDAB (development issuer) grants {researcher_id} a data permit for ai-development")
+    researcher = {"authorization": f"Bearer {tokens[Role.RESEARCHER]}"}
+    base = {
+        "action": "access",
+        "dataset": "demo-cohort",
+        "purpose": "ai-development",
+        "requester": {"id": researcher_id, "organisation": organisation, "country": country},
+        "permit": permit,
+        "cohort": {"size": 2},
+    }
+    cases = [
+        ("allowed request (ai-development, with permit)", base),
+        (
+            "prohibited purpose (insurance-or-credit-decision)",
+            {**base, "purpose": "insurance-or-credit-decision"},
+        ),
+        ("no data permit", {**base, "permit": None}),
+        ("cohort too small (1 patient)", {**base, "cohort": {"size": 1}}),
+    ]
+    for title, request in cases:
+        _decision_line(
+            console, title, client.post("/v1/access/decide", json=request, headers=researcher).json()
+        )
 
 
 def run_demo(data_dir: Path, patients: int, console: Console) -> None:
@@ -194,7 +298,9 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
                 f"a forged DPO token: {reply.status_code} {reply.json()['error']}: {reply.json()['detail']}"
             )
 
-            console.rule("5. The DPO checks the tamper-evident audit trail")
+            show_policies(console, client, runtime, tokens, data_dir)
+
+            console.rule("6. The DPO checks the tamper-evident audit trail")
             dpo = {"authorization": f"Bearer {tokens[Role.DPO]}"}
             client.post("/v1/audit/checkpoint", headers=dpo)
             entries = client.get("/v1/audit", params={"action": "auth.*"}, headers=dpo).json()["entries"]

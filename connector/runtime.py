@@ -20,8 +20,11 @@ from connector.db.migrate import current_revision, head_revision, upgrade
 from connector.identity.dev_issuer import DevIssuer
 from connector.identity.jwks import RemoteJwks, load_jwks_file
 from connector.identity.verifier import TokenVerifier, TrustedIssuer
-from connector.policy.engine import EmbeddedOpaEngine
-from connector.settings import Settings
+from connector.policy.bundle import default_policies_dir
+from connector.policy.engine import EmbeddedOpaBackend, PolicyBackend
+from connector.policy.permits import DevPermitIssuer, PermitVerifier
+from connector.policy.service import PolicyService
+from connector.settings import IssuerSettings, Settings
 from connector.storage.objects import LocalObjectStore, ObjectStore
 
 
@@ -36,21 +39,22 @@ class Runtime:
     verifier: TokenVerifier
     dev_issuer: DevIssuer | None
     keys: SealedFileKeyStore  # opened at start: a wrong master key stops everything, clearly
-    _policy: EmbeddedOpaEngine | None = field(default=None, repr=False)
+    permit_issuer: DevPermitIssuer | None  # the development HDAB, in development mode only
+    _policy: PolicyService | None = field(default=None, repr=False)
 
     @property
-    def policy(self) -> EmbeddedOpaEngine:
-        # The native engine loads on first use, so commands that decide nothing start fast.
+    def policy(self) -> PolicyService:
+        # The engine loads on first use, so commands that decide nothing start fast.
         if self._policy is None:
-            self._policy = EmbeddedOpaEngine()
+            self._policy = policy_service(self)
         return self._policy
 
     def close(self) -> None:
         self.engine.dispose()
 
 
-def trusted_issuers(settings: Settings, dev_issuer: DevIssuer | None) -> list[TrustedIssuer]:
-    issuers = [
+def _issuers(items: list[IssuerSettings]) -> list[TrustedIssuer]:
+    return [
         TrustedIssuer(
             issuer=item.issuer,
             jwks=RemoteJwks(item.jwks_url, allow_insecure_http=item.allow_insecure_http)
@@ -59,8 +63,12 @@ def trusted_issuers(settings: Settings, dev_issuer: DevIssuer | None) -> list[Tr
             roles_claim=item.roles_claim,
             algorithms=tuple(item.algorithms),
         )
-        for item in settings.trusted_issuers
+        for item in items
     ]
+
+
+def trusted_issuers(settings: Settings, dev_issuer: DevIssuer | None) -> list[TrustedIssuer]:
+    issuers = _issuers(settings.trusted_issuers)
     if dev_issuer is not None:
         issuers.append(dev_issuer.trusted_issuer())
     return issuers
@@ -100,8 +108,46 @@ def build_runtime(settings: Settings) -> Runtime:
         max_lifetime_seconds=settings.token_max_lifetime_seconds,
     )
     audit = AuditLog(sessions, signing_key, settings.connector_id, settings.audit_checkpoint_every)
+    dev_hdab = settings.keys_dir / "dev-hdab"
+    permit_issuer = DevPermitIssuer.load_or_create(dev_hdab) if settings.dev_issuer_enabled else None
     return Runtime(
-        settings, engine, sessions, object_store(settings), signing_key, audit, verifier, dev_issuer, keys
+        settings,
+        engine,
+        sessions,
+        object_store(settings),
+        signing_key,
+        audit,
+        verifier,
+        dev_issuer,
+        keys,
+        permit_issuer,
+    )
+
+
+def policy_backend(settings: Settings) -> PolicyBackend:
+    """The embedded OPA engine, or the OPA server the settings name."""
+    if settings.policy_backend == "opa-server":
+        from connector.policy.opa_server import OpaServerBackend
+
+        assert settings.opa_url  # checked by Settings
+        token = settings.opa_token.get_secret_value() if settings.opa_token else None
+        return OpaServerBackend(settings.opa_url, token=token, timeout=settings.opa_timeout_seconds)
+    return EmbeddedOpaBackend()
+
+
+def policy_service(runtime: Runtime) -> PolicyService:
+    settings = runtime.settings
+    hdabs = _issuers(settings.hdab_issuers)
+    if runtime.permit_issuer is not None:
+        hdabs.append(runtime.permit_issuer.trusted_issuer())
+    return PolicyService(
+        runtime.sessions,
+        runtime.engine,
+        runtime.audit,
+        policy_backend(settings),
+        PermitVerifier(hdabs, leeway_seconds=settings.token_leeway_seconds),
+        settings.policies_dir or default_policies_dir(),
+        settings.policy_refresh_seconds,
     )
 
 

@@ -106,7 +106,10 @@ class Settings(BaseSettings):
 
     audience: str = Field(default="imaging-connector", min_length=1, description="Required `aud` of tokens.")
     trusted_issuers: list[IssuerSettings] = Field(default_factory=list)
-    dev_issuer_enabled: bool = Field(default=True, description="Accept tokens of the embedded dev issuer.")
+    dev_issuer_enabled: bool = Field(
+        default=True,
+        description="Development mode: trust tokens and data permits of the embedded development issuers.",
+    )
     dev_issuer_id: str = Field(default="urn:connector:dev-issuer", min_length=1)
     token_leeway_seconds: int = Field(default=60, ge=0, le=300, description="Clock skew allowed (bounded).")
     token_max_lifetime_seconds: int = Field(default=86400, ge=60, le=7 * 86400)
@@ -127,10 +130,29 @@ class Settings(BaseSettings):
 
     audit_checkpoint_every: int = Field(default=100, ge=1, le=100_000)
 
+    policy_backend: Literal["embedded", "opa-server"] = Field(
+        default="embedded", description="Where Rego runs: in-process OPA, or an OPA server (sidecar)."
+    )
+    opa_url: str | None = Field(default=None, description="The OPA server, e.g. http://127.0.0.1:8181.")
+    opa_token: SecretStr | None = Field(default=None, description="Bearer token for the OPA server.")
+    opa_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    policies_dir: Path | None = Field(
+        default=None, description="Policy bundle activated on first start; default: the shipped policies/."
+    )
+    policy_refresh_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="How often a process re-reads the active policy version and revoked permits.",
+    )
+    hdab_issuers: list[IssuerSettings] = Field(
+        default_factory=list, description="Health Data Access Bodies whose signed data permits are trusted."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("data_dir", "objects_dir")
+    @field_validator("data_dir", "objects_dir", "policies_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value is not None else None
@@ -163,6 +185,12 @@ class Settings(BaseSettings):
     @property
     def effective_master_key_file(self) -> Path:
         return self.master_key_file or self.keys_dir / "master.key"
+
+    @model_validator(mode="after")
+    def _opa_url_given(self) -> Settings:
+        if self.policy_backend == "opa-server" and not self.opa_url:
+            raise ValueError("policy_backend = 'opa-server' needs opa_url")
+        return self
 
     @model_validator(mode="after")
     def _s3_complete(self) -> Settings:

@@ -12,7 +12,7 @@ import pytest
 from connector.crypto.keyfile import KeyFileError, load_or_create_ed25519
 from connector.crypto.signing import ConnectorSigningKey
 from connector.observability.logging import redact
-from connector.policy.engine import EmbeddedOpaEngine
+from connector.policy.engine import EmbeddedOpaBackend
 from connector.storage.objects import LocalObjectStore, ObjectStoreError
 
 
@@ -20,7 +20,7 @@ def test_embedded_opa_engine_evaluates_rego_on_this_python() -> None:
     # Its wheel claims Python >= 3.14; `make setup` installs it with --ignore-requires-python.
     metadata = importlib.metadata.metadata("opa-golib-python-bindings")
     assert metadata["Version"] == "0.4.4"
-    EmbeddedOpaEngine().check()
+    EmbeddedOpaBackend().check()
 
 
 def test_object_store_round_trip_and_atomic_replace(tmp_path: Path) -> None:

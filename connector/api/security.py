@@ -61,6 +61,13 @@ def requires(*roles: Role) -> Callable[..., Principal]:
                 roles=principal.roles,
             )
             raise
+        # The DPO's API role policy (Rego) has the last word; it may narrow what the code admits.
+        route = request.scope.get("route")
+        decision = runtime.policy.authorize(
+            request.method, getattr(route, "path", request.url.path), principal.roles, principal.subject
+        )
+        if not decision.allow:
+            raise ForbiddenError("; ".join(decision.reasons))
         return principal
 
     dependency.allowed_roles = allowed  # type: ignore[attr-defined]

@@ -5,5 +5,16 @@ Add one import line per domain package that declares tables; declare no table he
 
 from connector.audit.models import AuditCheckpoint, AuditEntry, AuditHead
 from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
+from connector.policy.models import ConsentRecord, PolicyVersion, RevokedPermit
 
-__all__ = ["AuditCheckpoint", "AuditEntry", "AuditHead", "DatasetRecord", "ObjectRecord", "StudyRecord"]
+__all__ = [
+    "AuditCheckpoint",
+    "AuditEntry",
+    "AuditHead",
+    "ConsentRecord",
+    "DatasetRecord",
+    "ObjectRecord",
+    "PolicyVersion",
+    "RevokedPermit",
+    "StudyRecord",
+]

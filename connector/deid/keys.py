@@ -17,6 +17,11 @@ from functools import lru_cache
 MAX_SHIFT_DAYS = 3650
 
 
+def patient_key(patient_id: str, issuer: str = "") -> str:
+    """How a patient is keyed: the issuer-qualified hospital ID (`IssuerOfPatientID|PatientID`)."""
+    return f"{issuer.strip()}|{patient_id.strip()}"
+
+
 @dataclass(frozen=True)
 class DatasetKeys:
     secret: bytes

@@ -116,23 +116,31 @@ class DevIssuer:
         clashing = sorted(RESERVED_CLAIMS & set(extra_claims or {}))
         if clashing:
             raise ValueError(f"extra_claims may not set {', '.join(clashing)}: the issuer sets them itself")
+        claims: dict[str, Any] = {**(extra_claims or {}), "roles": role_names}
+        if organisation is not None:
+            claims["org"] = organisation
+        if country is not None:
+            claims["country"] = country.upper()
+        return self.sign(subject, ttl_seconds, claims)
+
+    def sign(self, subject: str, ttl_seconds: int, claims: Mapping[str, Any]) -> str:
+        """A signed JWT for `subject` carrying `claims`, with iss, aud, iat, nbf, exp and a random jti.
+
+        Callers validate their own claims; this only stamps the registered ones (a `jti` in
+        `claims` is kept: a data permit's id is its jti).
+        """
         now = int(time.time())
-        claims: dict[str, Any] = {
-            **(extra_claims or {}),
+        stamped: dict[str, Any] = {
+            "jti": uuid.uuid4().hex,  # random, so the audit trail can tell two tokens apart
+            **claims,
             "iss": self.issuer,
             "sub": subject,
             "aud": self.audience,
             "iat": now,
             "nbf": now,
             "exp": now + ttl_seconds,
-            "jti": uuid.uuid4().hex,  # random, so the audit trail can tell two tokens apart
-            "roles": role_names,
         }
-        if organisation is not None:
-            claims["org"] = organisation
-        if country is not None:
-            claims["country"] = country.upper()
-        return jwt.encode(claims, self._key.jws_key, algorithm="EdDSA", headers={"kid": self.key_id})
+        return jwt.encode(stamped, self._key.jws_key, algorithm="EdDSA", headers={"kid": self.key_id})
 
     def jwks(self) -> dict[str, Any]:
         """The public JWKS (RFC 7517) that verifies this issuer's tokens; a fresh copy each call."""

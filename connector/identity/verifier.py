@@ -136,6 +136,31 @@ class TokenVerifier:
 
     def verify(self, token: str | None) -> Principal:
         """The caller a token proves; AuthError (with a code and a reason) when it proves nothing."""
+        issuer, claims = self.verify_claims(token)
+        roles = roles_from(claims, issuer.roles_claim)
+        if not roles:
+            raise AuthError(
+                "no_known_role",
+                f"the token carries none of the roles {', '.join(_KNOWN_ROLES)} "
+                f"(read from claim {issuer.roles_claim!r})",
+            )
+        return Principal(
+            subject=claims["sub"],
+            roles=roles,
+            issuer=issuer.issuer,
+            organisation=_optional_text(claims, "org"),
+            country=_country(claims),
+            token_id=_optional_text(claims, "jti"),
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            claims=MappingProxyType(claims),
+        )
+
+    def verify_claims(self, token: str | None) -> tuple[TrustedIssuer, dict[str, Any]]:
+        """The issuer and verified claims of a JWT (signature, algorithm, times, audience, lifetime).
+
+        For callers that read their own claims from a verified token (data permits); AuthError
+        when it proves nothing.
+        """
         if not token:
             raise AuthError("missing_token", "this route needs an Authorization: Bearer token")
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
@@ -164,23 +189,7 @@ class TokenVerifier:
         claims = self._decode(token, key, alg, issuer.issuer, unverified)
         self._check_claim_types(claims)
         self._check_lifetime(claims)
-        roles = roles_from(claims, issuer.roles_claim)
-        if not roles:
-            raise AuthError(
-                "no_known_role",
-                f"the token carries none of the roles {', '.join(_KNOWN_ROLES)} "
-                f"(read from claim {issuer.roles_claim!r})",
-            )
-        return Principal(
-            subject=claims["sub"],
-            roles=roles,
-            issuer=issuer.issuer,
-            organisation=_optional_text(claims, "org"),
-            country=_country(claims),
-            token_id=_optional_text(claims, "jti"),
-            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
-            claims=MappingProxyType(claims),
-        )
+        return issuer, claims
 
     @staticmethod
     def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,0 +1,315 @@
+"""The DPO's commands: `policy ...`, `consent ...` and `permit ...` (registered by connector.cli).
+
+Every command prints a readable result by default and JSON with `--json`; a refused activation,
+a failing test run or a denied decision exits 1, bad input exits 2 with one line saying why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from connector.cli import _fail, cli_actor, console, runtime_for, settings
+from connector.policy.bundle import BundleError, PolicyBundle, default_policies_dir
+from connector.policy.checker import check_bundle, has_errors
+from connector.policy.consent import ConsentImportError, list_entries, read_rows
+from connector.policy.decision import Decision
+from connector.policy.engine import PolicyEngineError
+from connector.policy.testing import run_tests
+
+policy_app = typer.Typer(
+    help="The DPO's Rego policies: check, test, decide, activate, diff.", no_args_is_help=True
+)
+consent_app = typer.Typer(help="The consent and opt-out registry.", no_args_is_help=True)
+permit_app = typer.Typer(help="Data permits: the development HDAB, revocations.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+BundleDir = Annotated[
+    Path | None,
+    typer.Argument(help="Policy folder (default: the configured or shipped policies/).", file_okay=False),
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(policy_app, name="policy")
+    app.add_typer(consent_app, name="consent")
+    app.add_typer(permit_app, name="permit")
+
+
+def _bundle(folder: Path | None) -> PolicyBundle:
+    try:
+        return PolicyBundle.from_dir(folder or settings().policies_dir or default_policies_dir())
+    except BundleError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print_json(document: Any) -> None:
+    console.print_json(json.dumps(document))
+
+
+def print_decision(decision: Decision) -> None:
+    verdict = "[bold green]ALLOW[/]" if decision.allow else "[bold red]DENY[/]"
+    console.print(f"{verdict}  (policy {decision.policy_version or 'none'})")
+    for reason in decision.reasons:
+        console.print(f"  reason: {reason}", highlight=False)
+    for obligation in decision.obligations:
+        console.print(f"  obligation: {obligation}", highlight=False)
+
+
+@policy_app.command("check")
+def policy_check(folder: BundleDir = None, as_json: JsonFlag = False) -> None:
+    """Compile the bundle and lint it; exit 1 when it has errors."""
+    bundle = _bundle(folder)
+    findings = check_bundle(bundle)
+    if as_json:
+        _print_json({"digest": bundle.digest, "findings": [finding.to_json() for finding in findings]})
+    else:
+        for finding in findings:
+            console.print(str(finding), highlight=False)
+        errors = sum(finding.severity == "error" for finding in findings)
+        console.print(f"{len(bundle.modules)} modules, {errors} errors, {len(findings) - errors} warnings")
+    if has_errors(findings):
+        raise typer.Exit(1)
+
+
+@policy_app.command("test")
+def policy_test(folder: BundleDir = None, as_json: JsonFlag = False) -> None:
+    """Run the Rego unit tests with coverage; exit 1 when any fails."""
+    bundle = _bundle(folder)
+    try:
+        report = run_tests(bundle)
+    except PolicyEngineError as exc:
+        raise _fail(f"the bundle does not compile: {exc}") from None
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        for result in report.failed:
+            console.print(f"[red]FAIL[/] {result.package}.{result.name} ({result.module}): {result.detail}")
+        table = Table("module", "coverage", title="Coverage")
+        for name, value in sorted(report.files.items()):
+            table.add_row(name, f"{value:.1f}%")
+        console.print(table)
+        console.print(
+            f"{len(report.results) - len(report.failed)}/{len(report.results)} tests passed, "
+            f"coverage {report.coverage:.1f}%"
+        )
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("decide")
+def policy_decide(
+    input_file: Annotated[
+        Path, typer.Option("--input", help="A request JSON file (access, release or api).")
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Decide on a request with the active policy, print the decision and its reasons (audited)."""
+    try:
+        document = json.loads(input_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"cannot read {input_file}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise _fail(f"{input_file} is not JSON (line {exc.lineno}: {exc.msg})") from None
+    with runtime_for(settings()) as runtime:
+        decision = runtime.policy.decide_any(document, actor=cli_actor())
+    if as_json:
+        _print_json(decision.to_json())
+    else:
+        print_decision(decision)
+    if not decision.allow:
+        raise typer.Exit(1)
+
+
+@policy_app.command("activate")
+def policy_activate(
+    folder: BundleDir = None,
+    note: Annotated[str, typer.Option(help="Why this version (kept in the history).")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Check, test and activate a bundle as a new version; a refused bundle leaves the active one."""
+    bundle = _bundle(folder)
+    with runtime_for(settings()) as runtime:
+        outcome = runtime.policy.activate(bundle, cli_actor(), note)
+    if as_json:
+        _print_json(outcome.to_json())
+    else:
+        for finding in outcome.findings:
+            console.print(str(finding), highlight=False)
+        if outcome.tests is not None:
+            for result in outcome.tests.failed:
+                console.print(f"[red]FAIL[/] {result.package}.{result.name}: {result.detail}")
+        label = outcome.version.label if outcome.version else "none"
+        if outcome.activated:
+            console.print(f"[green]active:[/] {label} ({'; '.join(outcome.reasons)})", highlight=False)
+        else:
+            console.print(
+                f"[red]refused:[/] {'; '.join(outcome.reasons)}; still active: {label}", highlight=False
+            )
+    if not outcome.activated:
+        raise typer.Exit(1)
+
+
+@policy_app.command("diff")
+def policy_diff(
+    folder: BundleDir = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Recent decisions to replay.")] = 200,
+    as_json: JsonFlag = False,
+) -> None:
+    """Replay recent recorded decisions under a draft bundle and list what would change."""
+    bundle = _bundle(folder)
+    with runtime_for(settings()) as runtime:
+        report = runtime.policy.diff(bundle, limit)
+    if as_json:
+        _print_json(report.to_json())
+        return
+    for error in report.errors:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+    for entry in report.changed:
+        before = "allow" if entry.before["allow"] else "deny"
+        after = "allow" if entry.after["allow"] else "deny"
+        console.print(
+            f"#{entry.seq} {entry.ts} {entry.policy} {entry.object}: {before} -> {after}", highlight=False
+        )
+        for reason in entry.after["reasons"]:
+            console.print(f"    now: {reason}", highlight=False)
+    console.print(f"{report.replayed} decisions replayed, {len(report.changed)} would change")
+
+
+@policy_app.command("history")
+def policy_history(as_json: JsonFlag = False) -> None:
+    """Every activated version, newest first (the first line is in force)."""
+    with runtime_for(settings()) as runtime:
+        rows = runtime.policy.history()
+    if as_json:
+        _print_json([row.to_json() for row in rows])
+        return
+    table = Table("version", "digest", "activated at", "by", "note", title="Policy versions")
+    for index, row in enumerate(rows):
+        table.add_row(
+            row.label + (" (active)" if index == 0 else ""),
+            row.digest[:12],
+            row.activated_at,
+            row.activated_by,
+            row.note,
+        )
+    console.print(table)
+
+
+@policy_app.command("rollback")
+def policy_rollback(version: Annotated[int, typer.Argument(help="The version to bring back.")]) -> None:
+    """Activate an earlier version again (re-checked and re-tested; recorded as a new version)."""
+    with runtime_for(settings()) as runtime:
+        try:
+            outcome = runtime.policy.rollback(version, cli_actor())
+        except LookupError as exc:
+            raise _fail(str(exc)) from None
+    if not outcome.activated:
+        raise _fail(f"refused: {'; '.join(outcome.reasons)}", code=1)
+    console.print(
+        f"active: {outcome.version.label if outcome.version else '-'} ({'; '.join(outcome.reasons)})"
+    )
+
+
+@consent_app.command("import")
+def consent_import(
+    file: Annotated[Path, typer.Argument(help="CSV or JSON: status + (dataset, pseudonym) or patient_id.")],
+    erase: Annotated[
+        bool,
+        typer.Option("--erase", help="Also crypto-shred the studies of opted-out or withdrawn patients."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Import opt-outs, withdrawals and consents (all or nothing); effective for the next decision."""
+    from connector.policy.optout import import_consent
+
+    with runtime_for(settings()) as runtime:
+        try:
+            outcome = import_consent(runtime, read_rows(file), file.name, cli_actor(), erase)
+        except ConsentImportError as exc:
+            raise _fail(f"nothing imported: {exc}") from None
+    if as_json:
+        _print_json(outcome.to_json())
+        return
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.result.by_status.items()))
+    console.print(
+        f"imported {outcome.result.entries} entries ({counts}) for {', '.join(outcome.result.datasets)}"
+    )
+    for dataset, pseudonym, studies in outcome.shredded:
+        console.print(f"shredded {studies} studies of {pseudonym} in {dataset}")
+
+
+@consent_app.command("list")
+def consent_list(
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1_000_000)] = 1000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Registry entries (pseudonyms only, never hospital identifiers)."""
+    with runtime_for(settings()) as runtime:
+        rows = list_entries(runtime.sessions, dataset, status, limit)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("dataset", "pseudonym", "status", "recorded", "by", title="Consent registry")
+    for row in rows:
+        table.add_row(row["dataset"], row["pseudonym"], row["status"], row["recorded_at"], row["recorded_by"])
+    console.print(table)
+
+
+@permit_app.command("issue")
+def permit_issue(
+    requester: Annotated[str, typer.Option(help="The requester's id (becomes `sub`).")],
+    organisation: Annotated[str, typer.Option(help="The requester's organisation.")],
+    country: Annotated[str, typer.Option(help="Country the data may be processed from (alpha-2).")],
+    purpose: Annotated[list[str], typer.Option(help="Permitted purpose code (repeatable).")],
+    dataset: Annotated[list[str], typer.Option(help="Dataset covered (repeatable).")],
+    valid_days: Annotated[int, typer.Option(help="Validity in days.")] = 30,
+    condition: Annotated[list[str] | None, typer.Option(help="Condition attached (repeatable).")] = None,
+) -> None:
+    """Print a permit signed by the development HDAB (trusted only in development mode)."""
+    with runtime_for(settings()) as runtime:
+        if runtime.permit_issuer is None:
+            raise _fail(
+                "the development HDAB is off (dev_issuer_enabled = false): permits come from a real HDAB"
+            )
+        try:
+            permit = runtime.permit_issuer.issue(
+                requester, organisation, purpose, dataset, [country], valid_days, condition or []
+            )
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    print(permit)
+
+
+@permit_app.command("revoke")
+def permit_revoke(
+    permit_id: Annotated[str, typer.Argument(help="The permit id (its `jti`).")],
+    reason: Annotated[str, typer.Option(help="Why (shown in every denial).")],
+) -> None:
+    """Revoke a data permit: every later decision that presents it is denied."""
+    with runtime_for(settings()) as runtime:
+        try:
+            runtime.policy.revoke_permit(permit_id, reason, cli_actor())
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    console.print(f"permit {permit_id} revoked")
+
+
+@permit_app.command("revoked")
+def permit_revoked(as_json: JsonFlag = False) -> None:
+    """List revoked permits."""
+    with runtime_for(settings()) as runtime:
+        rows = runtime.policy.revoked_permits()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("permit", "reason", "revoked at", "by", title="Revoked permits")
+    for row in rows:
+        table.add_row(row["permit_id"], row["reason"], row["revoked_at"], row["revoked_by"])
+    console.print(table)
