@@ -104,8 +104,12 @@ def test_serve_starts_the_real_service_and_logs_json(tmp_path: Path) -> None:
     assert all("request_id" in r for r in access)
 
 
+# The synthetic cohort is seeded: four patients always make 120 files.
+EXPORTED_FOUR_PATIENTS = 120
+
+
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path / "demo"), "--patients", "2"])
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path / "demo"), "--patients", "4"])
     assert result.exit_code == 0, result.output
     assert "audit chain intact: True" in result.output
     assert "de-identified, 0 quarantined" in " ".join(result.output.split())
@@ -123,7 +127,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "crypto-shredded" in flowing
     objects = list((tmp_path / "demo" / "objects").rglob("*.enc"))
     assert objects and not any(b"DICM" in path.read_bytes() for path in objects)
-    assert len(list((tmp_path / "demo" / "exported").rglob("*.dcm"))) == 60
+    assert len(list((tmp_path / "demo" / "exported").rglob("*.dcm"))) == EXPORTED_FOUR_PATIENTS
+    # The DPO's policies decide the researcher's requests, each with its reason.
+    assert "passed: True" in flowing and "activated v2" in flowing
+    assert "allowed request (ai-development, with permit): ALLOW" in flowing
+    assert "exclude 1 patient (opt-out or withdrawn consent)" in flowing
+    assert "prohibited purpose (insurance-or-credit-decision): DENY" in flowing
+    assert "no data permit: DENY" in flowing and "no data permit was presented" in flowing
+    assert "cohort of 1 patient is below the minimum of 2" in flowing
 
 
 def test_demo_refuses_to_wipe_a_folder_it_did_not_make(tmp_path: Path) -> None:
