@@ -197,6 +197,8 @@ def test_opted_out_patients_leave_the_cohort_in_one_filter(database_url: str, tm
         assert outcome.result.by_status == {"opted-out": 1, "withdrawn": 1, "consented": 1}
         split = runtime.policy.cohort("demo-cohort")
         assert split.excluded == 2 and set(split.included) == set(PATIENTS[2:])
+        counted = runtime.policy.cohort("demo-cohort", count_only=True)
+        assert (counted.included_count, counted.excluded, counted.included) == (28, 2, ())
         assert split.condition  # one SQL condition, applied by the database to the whole cohort
         decision = runtime.policy.decide_access(access_request(permit=permit_for(runtime), size=100))
         assert decision.allow, decision.reasons

@@ -6,7 +6,7 @@ A study's data key is stored only wrapped by the dataset's key-encryption key.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from connector.db.base import Base
@@ -24,7 +24,11 @@ class DatasetRecord(Base):
 
 class StudyRecord(Base):
     __tablename__ = "dataset_studies"
-    __table_args__ = (UniqueConstraint("dataset", "study_uid"),)
+    __table_args__ = (
+        UniqueConstraint("dataset", "study_uid"),
+        # The cohort query walks one dataset's patients in pseudonym order (connector.policy.consent).
+        Index("ix_dataset_studies_dataset_patient", "dataset", "patient_pseudonym"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dataset: Mapped[str] = mapped_column(ForeignKey("datasets.name", ondelete="CASCADE"), index=True)

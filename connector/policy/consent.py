@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from connector.audit.log import utc_now_text
 from connector.crypto.dataset_secrets import load_or_create_dataset_secret, validate_dataset_name
-from connector.datasets.models import DatasetRecord, StudyRecord
+from connector.datasets.models import DatasetRecord
 from connector.db.engine import transaction
 from connector.deid.keys import DatasetKeys, patient_key
 from connector.policy.models import ConsentRecord
@@ -201,7 +201,8 @@ def status_counts(sessions: sessionmaker[Session]) -> dict[str, dict[str, int]]:
 @dataclass(frozen=True)
 class CohortSplit:
     dataset: str
-    included: tuple[str, ...]  # pseudonyms, sorted
+    included: tuple[str, ...]  # pseudonyms, sorted (empty when only counted)
+    included_count: int
     excluded: int
     condition: str | None  # the SQL condition the policy compiled to (None: nobody)
 
@@ -217,23 +218,42 @@ def _patients_subquery() -> str:
     )
 
 
-def split_cohort(engine: Engine, dataset: str, condition: str | None) -> CohortSplit:
-    """Apply a compiled `include` condition to every patient of `dataset` in one query."""
+def _counts_by_status() -> str:
+    # Patients of the dataset counted per consent status: those with a registry entry by status
+    # (an index lookup per entry), everyone else as "none". The policy's condition sees the same
+    # `patients.consent_status` column as in the per-patient query, so both agree.
+    return (
+        "WITH recorded AS (SELECT c.status AS consent_status, COUNT(*) AS n FROM consent_records c "
+        "WHERE c.dataset = :dataset AND EXISTS (SELECT 1 FROM dataset_studies s "
+        "WHERE s.dataset = :dataset AND s.patient_pseudonym = c.pseudonym) GROUP BY c.status) "
+        "SELECT consent_status, n FROM recorded UNION ALL "
+        "SELECT 'none', (SELECT COUNT(DISTINCT patient_pseudonym) FROM dataset_studies "
+        "WHERE dataset = :dataset) - (SELECT COALESCE(SUM(n), 0) FROM recorded)"
+    )
+
+
+def split_cohort(
+    engine: Engine, dataset: str, condition: str | None, count_only: bool = False
+) -> CohortSplit:
+    """Apply a compiled `include` condition to every patient of `dataset` in one query.
+
+    With `count_only` the database only counts, per consent status (what a decision needs);
+    otherwise it also returns the included pseudonyms (what a job needs).
+    """
+    # The condition is OPA's SQL, quoted by OPA; colons are escaped so that SQLAlchemy does not
+    # read them as bind parameters. Used as a boolean column, one pass gives both sides.
+    flag = "1 = 0" if condition is None else condition.replace(":", "\\:") if condition else "1 = 1"
+    included_flag = f"CASE WHEN {flag} THEN 1 ELSE 0 END"
     # Only constant text and OPA's condition (quoted by OPA) are joined: no value from a caller.
-    base = f"SELECT patients.pseudonym FROM ({_patients_subquery()}) AS patients"  # noqa: S608
+    if count_only:
+        query = f"SELECT patients.n, {included_flag} FROM ({_counts_by_status()}) AS patients"  # noqa: S608
+    else:
+        query = f"SELECT patients.pseudonym, {included_flag} FROM ({_patients_subquery()}) AS patients"  # noqa: S608
+    statement = text(query).bindparams(bindparam("dataset", dataset))
     with engine.connect() as connection:
-        total = connection.execute(
-            select(func.count(func.distinct(StudyRecord.patient_pseudonym))).where(
-                StudyRecord.dataset == dataset
-            )
-        ).scalar_one()
-        if condition is None:
-            return CohortSplit(dataset, (), total, None)
-        # The condition is OPA's SQL, quoted by OPA; colons are escaped so that SQLAlchemy does not
-        # read them as bind parameters.
-        where = f" WHERE {condition.replace(':', chr(92) + ':')}" if condition else ""
-        statement = text(base + where + " ORDER BY patients.pseudonym").bindparams(
-            bindparam("dataset", dataset)
-        )
-        included = tuple(connection.execute(statement).scalars())
-    return CohortSplit(dataset, included, total - len(included), condition)
+        rows = connection.execute(statement).all()
+    if count_only:
+        count = sum(int(n) for n, flagged in rows if flagged)
+        return CohortSplit(dataset, (), count, sum(int(n) for n, _ in rows) - count, condition)
+    included = tuple(sorted(pseudonym for pseudonym, flagged in rows if flagged))
+    return CohortSplit(dataset, included, len(included), len(rows) - len(included), condition)

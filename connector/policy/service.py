@@ -129,6 +129,7 @@ class PolicyService:
         self._loaded: VersionInfo | None = None
         self._state_json: str | None = None
         self._checked_at = float("-inf")
+        self._filters: dict[tuple[str, str | None, str], str | None] = {}
 
     @property
     def backend(self) -> PolicyBackend:
@@ -238,9 +239,9 @@ class PolicyService:
         document["permit_check"] = self._permits.check(permit).to_input()
         excluded = 0
         if self._dataset_exists(parsed.dataset):
-            split = self.cohort(parsed.dataset)
+            split = self.cohort(parsed.dataset, count_only=True)
             excluded = split.excluded
-            document["cohort"]["size"] = min(parsed.cohort.size, len(split.included))
+            document["cohort"]["size"] = min(parsed.cohort.size, split.included_count)
         document["cohort"]["excluded"] = excluded
         return document
 
@@ -299,15 +300,21 @@ class PolicyService:
         with self._sessions() as session:
             return session.get(DatasetRecord, dataset) is not None
 
-    def cohort(self, dataset: str) -> CohortSplit:
+    def cohort(self, dataset: str, count_only: bool = False) -> CohortSplit:
         """The dataset's patients split by the consent policy: one compiled filter, one query."""
         active = self.refresh()
         if active is None:
             raise PolicyEngineError(NO_POLICY)
-        condition = self._backend.compile_filter(
-            "connector.consent.include", {"dataset": dataset}, ["input.patients"], self.dialect
-        )
-        return split_cohort(self._engine, dataset, condition)
+        key = (active.digest, self._state_json, dataset)
+        if key not in self._filters:
+            # The condition depends only on the policy, its data and the dataset: compiled once per
+            # version and state, not per decision.
+            if len(self._filters) > 1000:
+                self._filters.clear()
+            self._filters[key] = self._backend.compile_filter(
+                "connector.consent.include", {"dataset": dataset}, ["input.patients"], self.dialect
+            )
+        return split_cohort(self._engine, dataset, self._filters[key], count_only)
 
     # -- the DPO's tools ------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Policies: activated policy versions, the consent registry (by pseudonym), revoked data permits.
+"""Policies: activated policy versions, the consent registry (by pseudonym), revoked data permits,
+and an index for the cohort query.
 
 Revision ID: 0003_policies
 Revises: 0002_encrypted_datasets
@@ -15,6 +16,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_index("ix_dataset_studies_dataset_patient", "dataset_studies", ["dataset", "patient_pseudonym"])
     op.create_table(
         "policy_versions",
         sa.Column("version", sa.Integer(), autoincrement=True, nullable=False),
@@ -53,3 +55,4 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_consent_records_dataset"), table_name="consent_records")
     op.drop_table("consent_records")
     op.drop_table("policy_versions")
+    op.drop_index("ix_dataset_studies_dataset_patient", table_name="dataset_studies")
