@@ -10,8 +10,11 @@ Measures, in this one run and on this machine:
   bytes, on a throw-away SeaweedFS server on 127.0.0.1 started with the tests' helpers
   (``tests/s3_server.py``): many small objects (about the size of one CT slice each) with
   ``encrypt_stream`` + ``S3ObjectStore.put``, and a few large ones with ``encrypt_stream`` piped
-  into ``S3ObjectStore.put_stream`` (bounded memory, never the whole object in memory). MB/s are
-  plaintext MB (10**6 bytes). Goal: at least 80% of the raw upload.
+  into ``S3ObjectStore.put_stream`` (bounded memory, never the whole object in memory; its parts
+  upload in parallel). Raw and ours alternate over several rounds; the verdict uses each one's
+  best round and the per-round ratios are shown beside it. MB/s are plaintext MB (10**6 bytes).
+  Goal: at least 80% of the raw upload. Also, for reference: the peak RSS of a fresh interpreter
+  streaming one large object (512 MiB, 128 MiB with ``--quick``) encrypted into ``put_stream``.
 * peak memory while encrypting one large object (2 GiB, 256 MiB with ``--quick``) produced by a
   generator-backed reader (there is never a buffer of the whole object) into a null writer, in a
   fresh interpreter so that its peak RSS is its own: max RSS (``resource.getrusage``) and the
@@ -21,8 +24,9 @@ Prints a table, the ratios and one verdict line per goal. It never asserts: it e
 measurements ran (a part that cannot run, such as a missing ``openssl`` or ``weed`` binary, is
 reported and skipped).
 
-    python benchmarks/crypto.py            # full run (about a minute)
-    python benchmarks/crypto.py --quick    # short run
+    python benchmarks/crypto.py                  # full run (a minute or two)
+    python benchmarks/crypto.py --quick          # short run
+    python benchmarks/crypto.py --upload-only    # the S3 upload part alone
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import re
 import resource
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -290,10 +295,15 @@ class UploadResult:
     raw_large: Rate
     ours_large: Rate
     ours_large_buffered: Rate
-    raw_large_serial: Rate
+    ours_large_one_part: Rate
+    small_ratios: list[float]  # ours / raw, per round
+    large_ratios: list[float]
+    memory: dict[str, float] | None  # peak memory of a streamed encrypted upload (child process)
 
 
-def measure_upload(small_count: int, small_size: int, large_count: int, large_size: int) -> UploadResult:
+def measure_upload(
+    small_count: int, small_size: int, large_count: int, large_size: int, rounds: int, memory_total: int
+) -> UploadResult:
     from minio import Minio
 
     from connector.storage.s3 import S3ObjectStore
@@ -320,18 +330,6 @@ def measure_upload(small_count: int, small_size: int, large_count: int, large_si
                 for index, data in enumerate(objects):
                     raw.put_object(raw_bucket, f"{prefix}/{index:05d}", io.BytesIO(data), len(data))
 
-            def raw_put_serial(prefix: str, objects: list[bytes]) -> None:
-                # the settings put_stream uses: 16 MiB parts, one at a time
-                for index, data in enumerate(objects):
-                    raw.put_object(
-                        raw_bucket,
-                        f"{prefix}/{index:05d}",
-                        io.BytesIO(data),
-                        len(data),
-                        part_size=16 * MiB,
-                        num_parallel_uploads=1,
-                    )
-
             def ours_put(prefix: str, objects: list[bytes]) -> None:
                 for index, data in enumerate(objects):
                     key = f"{prefix}/{index:05d}"
@@ -339,10 +337,13 @@ def measure_upload(small_count: int, small_size: int, large_count: int, large_si
                     encrypt_stream(io.BytesIO(data), out, data_key, ObjectIdentity("bench", "s", key), KEY_ID)
                     store.put(key, out.getvalue())
 
-            def ours_stream(prefix: str, objects: list[bytes]) -> None:
+            def ours_stream(prefix: str, objects: list[bytes], **settings: int) -> None:
+                def put_stream(key: str, reader: PipeReader, length: int) -> None:
+                    store.put_stream(key, reader, length, **settings)
+
                 for index, data in enumerate(objects):
                     key = f"{prefix}/{index:05d}"
-                    encrypt_into_put_stream(store.put_stream, key, io.BytesIO(data), len(data), data_key)
+                    encrypt_into_put_stream(put_stream, key, io.BytesIO(data), len(data), data_key)
 
             def ours_buffered(prefix: str, objects: list[bytes]) -> None:
                 for index, data in enumerate(objects):
@@ -372,10 +373,10 @@ def measure_upload(small_count: int, small_size: int, large_count: int, large_si
                     large_bytes,
                     lambda p: ours_stream(p, large),
                 ),
-                "raw_large_serial": (
-                    "raw put_object, 16 MiB parts, 1 at a time, large",
+                "ours_large_one_part": (
+                    "ours: the same, one part at a time, large",
                     large_bytes,
-                    lambda p: raw_put_serial(p, large),
+                    lambda p: ours_stream(p, large, parallel=1),
                 ),
                 "ours_large_buffered": (
                     "ours: encrypt to memory + put_stream, large",
@@ -384,16 +385,76 @@ def measure_upload(small_count: int, small_size: int, large_count: int, large_si
                 ),
             }
             best: dict[str, Rate] = {}
-            for round_index in range(2):  # alternate raw and ours, keep each one's best round
+            small_ratios: list[float] = []
+            large_ratios: list[float] = []
+            for round_index in range(rounds):  # alternate raw and ours, keep each one's best round
+                this_round: dict[str, float] = {}
                 for name, (label, nbytes, action) in runs.items():
                     start = time.perf_counter()
                     action(f"{name}-{round_index}")
                     rate = Rate(label, nbytes, time.perf_counter() - start)
+                    this_round[name] = rate.seconds
                     if name not in best or rate.seconds < best[name].seconds:
                         best[name] = rate
-            return UploadResult(**best)
+                small_ratios.append(this_round["raw_small"] / this_round["ours_small"])
+                large_ratios.append(this_round["raw_large"] / this_round["ours_large"])
+            memory = measure_upload_memory(endpoint, access, secret, store.bucket, memory_total)
+            return UploadResult(**best, small_ratios=small_ratios, large_ratios=large_ratios, memory=memory)
         finally:
             server.stop()
+
+
+def upload_memory_probe(total: int) -> None:
+    """Child side of `measure_upload_memory`: encrypt generated bytes into put_stream, print JSON."""
+    from connector.storage.s3 import S3ObjectStore
+
+    endpoint, access, bucket = (os.environ[f"BENCH_S3_{name}"] for name in ("ENDPOINT", "ACCESS", "BUCKET"))
+    store = S3ObjectStore(endpoint, access, os.environ["BENCH_S3_SECRET"], bucket, secure=False)
+    store.ensure_bucket()
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+    identity = ObjectIdentity("bench", "study-1", "large-upload.bin")
+    data_key = generate_data_key()
+
+    def produce() -> None:
+        try:
+            reader = GeneratedReader(generated_blocks(total))
+            encrypt_stream(reader, QueueWriter(chunks), data_key, identity, KEY_ID)
+            chunks.put(None)
+        except BaseException as exc:
+            chunks.put(exc)
+
+    before = _hwm_mib()
+    start = time.perf_counter()
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    store.put_stream("large-upload.bin", PipeReader(chunks), encrypted_size(total, KEY_ID))
+    worker.join()
+    seconds = time.perf_counter() - start
+    print(json.dumps({"bytes": total, "seconds": seconds, "hwm_before_mib": before, "hwm_mib": _hwm_mib()}))
+
+
+def measure_upload_memory(
+    endpoint: str, access: str, secret: str, bucket: str, total: int
+) -> dict[str, float] | None:
+    environment = {
+        **os.environ,
+        "BENCH_S3_ENDPOINT": endpoint,
+        "BENCH_S3_ACCESS": access,
+        "BENCH_S3_SECRET": secret,
+        "BENCH_S3_BUCKET": bucket,
+    }
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--probe-upload-memory", str(total)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env=environment,
+    )
+    if done.returncode != 0:
+        print(f"  upload memory probe failed (status {done.returncode}):\n{done.stderr[-2000:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # -- peak memory (child process) -------------------------------------------------------------------
@@ -475,10 +536,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run (smaller sizes, fewer objects)")
     parser.add_argument("--crypto-mib", type=int, help="MiB encrypted/decrypted for throughput")
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 upload part")
+    parser.add_argument("--upload-only", action="store_true", help="run the S3 upload part only")
+    parser.add_argument("--rounds", type=int, help="alternating upload rounds (default 4, 2 with --quick)")
     parser.add_argument("--probe-memory", type=int, metavar="BYTES", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-upload-memory", type=int, metavar="BYTES", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_memory is not None:
         memory_probe(args.probe_memory)
+        return
+    if args.probe_upload_memory is not None:
+        upload_memory_probe(args.probe_upload_memory)
         return
 
     quick = args.quick
@@ -488,6 +555,8 @@ def main() -> None:
     small_count, small_size = (50, 170_000) if quick else (200, 170_000)
     large_count, large_size = (1, 64 * MiB) if quick else (3, 64 * MiB)
     memory_total = (256 if quick else 2048) * MiB
+    upload_memory_total = (128 if quick else 512) * MiB
+    rounds = args.rounds or (2 if quick else 4)
 
     print(
         f"crypto benchmark ({'quick' if quick else 'full'} run), python {sys.version.split()[0]}, "
@@ -497,9 +566,29 @@ def main() -> None:
 
     # the memory probe runs first, while this process is still small: on Linux a child's getrusage
     # max RSS starts from its parent's RSS at the fork
-    memory = measure_memory(memory_total)
+    memory = None if args.upload_only else measure_memory(memory_total)
 
     # 1. cipher throughput
+    enc_ratio = dec_ratio = None
+    if not args.upload_only:
+        enc_ratio, dec_ratio = report_cipher(crypto_total, repeat, openssl_seconds)
+
+    # 2. S3 upload
+    small_ratio, large_ratio = report_upload(
+        None
+        if args.no_s3
+        else (small_count, small_size, large_count, large_size, rounds, upload_memory_total)
+    )
+
+    # 3. peak memory
+    peak: float | None = None
+    size_note = f"{memory_total // MiB} MiB" + (" (--quick; the goal names 2 GiB)" if quick else "")
+    if not args.upload_only:
+        peak = report_memory(memory, size_note)
+    report_verdicts(enc_ratio, dec_ratio, small_ratio, large_ratio, peak, size_note, args.upload_only)
+
+
+def report_cipher(crypto_total: int, repeat: int, openssl_seconds: int) -> tuple[float | None, float | None]:
     ssl_enc, ssl_enc_note = openssl_speed(decrypt=False, seconds=openssl_seconds)
     ssl_dec, ssl_dec_note = openssl_speed(decrypt=True, seconds=openssl_seconds)
     enc, dec = measure_cipher(crypto_total, repeat)
@@ -520,48 +609,65 @@ def main() -> None:
     dec_ratio = dec.mb_per_s * 1e6 / ssl_dec if ssl_dec else None
     print(f"  ratio encrypt / openssl: {_ratio(enc_ratio)}   decrypt / openssl: {_ratio(dec_ratio)}")
     print()
+    return enc_ratio, dec_ratio
 
-    # 2. S3 upload
+
+def report_upload(
+    sizes: tuple[int, int, int, int, int, int] | None,
+) -> tuple[float | None, float | None]:
+    """Run and print the S3 upload part; returns the small and large ratios (best rounds)."""
     upload: UploadResult | None = None
-    upload_note = ""
-    if args.no_s3:
-        upload_note = "skipped (--no-s3)"
-    else:
+    upload_note = "skipped (--no-s3)"
+    if sizes is not None:
         try:
-            upload = measure_upload(small_count, small_size, large_count, large_size)
+            upload = measure_upload(*sizes)
         except Exception as exc:  # report and go on: the benchmark never fails
             upload_note = f"could not run: {type(exc).__name__}: {exc}"
+    small_count, small_size, large_count, large_size, rounds, memory_total = sizes or (0, 0, 0, 0, 0, 0)
     print(
-        f"S3 upload to SeaweedFS on 127.0.0.1 (plaintext MB; best of 2 alternating rounds; "
+        f"S3 upload to SeaweedFS on 127.0.0.1 (plaintext MB; best of {rounds} alternating rounds; "
         f"{small_count} x {small_size / 1e3:.0f} kB, {large_count} x {large_size // MiB} MiB)"
     )
-    small_ratio = large_ratio = None
     if upload is None:
         print(f"  {upload_note}")
-    else:
-        print(f"  {'method':<52} {'MB':>9} {'s':>7} {'cpu s':>7} {'MB/s':>8}")
-        for rate in (upload.raw_small, upload.ours_small, upload.raw_large, upload.ours_large):
-            print(_row(rate))
-        print("  for reference (not part of the goal):")
-        print(_row(upload.raw_large_serial))
-        print(_row(upload.ours_large_buffered))
-        small_ratio = upload.ours_small.mb_per_s / upload.raw_small.mb_per_s
-        large_ratio = upload.ours_large.mb_per_s / upload.raw_large.mb_per_s
-        buffered_ratio = upload.ours_large_buffered.mb_per_s / upload.raw_large.mb_per_s
-        serial_ratio = upload.ours_large.mb_per_s / upload.raw_large_serial.mb_per_s
+        print()
+        return None, None
+    print(f"  {'method':<52} {'MB':>9} {'s':>7} {'cpu s':>7} {'MB/s':>8}")
+    for rate in (upload.raw_small, upload.ours_small, upload.raw_large, upload.ours_large):
+        print(_row(rate))
+    print("  for reference (not part of the goal):")
+    print(_row(upload.ours_large_one_part))
+    print(_row(upload.ours_large_buffered))
+    small_ratio = upload.ours_small.mb_per_s / upload.raw_small.mb_per_s
+    large_ratio = upload.ours_large.mb_per_s / upload.raw_large.mb_per_s
+    buffered_ratio = upload.ours_large_buffered.mb_per_s / upload.raw_large.mb_per_s
+    one_part_ratio = upload.ours_large_one_part.mb_per_s / upload.raw_large.mb_per_s
+
+    def spread(ratios: list[float]) -> str:
+        return f"{min(ratios):.2f} to {max(ratios):.2f}, median {statistics.median(ratios):.2f}"
+
+    print(
+        f"  ratio ours / raw put_object (defaults: 5 MiB parts, 3 in parallel for large), best rounds: "
+        f"small {_ratio(small_ratio)}, large (streamed) {_ratio(large_ratio)}"
+    )
+    print(f"  per round: small {spread(upload.small_ratios)}; large {spread(upload.large_ratios)}")
+    print(
+        f"  for reference: large buffered / raw {_ratio(buffered_ratio)}; "
+        f"large streamed one part at a time / raw {_ratio(one_part_ratio)}"
+    )
+    if upload.memory is not None:
+        probe = upload.memory
         print(
-            f"  ratio ours / raw put_object (defaults: 5 MiB parts, 3 in parallel for large): "
-            f"small {_ratio(small_ratio)}, large (streamed) {_ratio(large_ratio)}"
-        )
-        print(
-            f"  for reference: large buffered / raw {_ratio(buffered_ratio)}; "
-            f"large streamed / raw with put_stream's part settings {_ratio(serial_ratio)}"
+            f"  peak RSS streaming one {memory_total // MiB} MiB object, encrypted, into put_stream "
+            f"(fresh interpreter): {probe['hwm_mib']:.1f} MiB (after imports: "
+            f"{probe['hwm_before_mib']:.1f} MiB; {probe['bytes'] / 1e6 / probe['seconds']:.0f} MB/s)"
         )
     print()
+    return small_ratio, large_ratio
 
-    # 3. peak memory
+
+def report_memory(memory: dict[str, float] | None, size_note: str) -> float | None:
     peak: float | None = None
-    size_note = f"{memory_total // MiB} MiB" + (" (--quick; the goal names 2 GiB)" if quick else "")
     print(f"peak memory encrypting one {size_note} object from a generator-backed reader (fresh interpreter)")
     if memory is not None:
         hwm = memory.get("hwm_mib")
@@ -581,9 +687,21 @@ def main() -> None:
             f"{'size ok' if memory['written'] == memory['expected'] else 'SIZE MISMATCH'}"
         )
     print()
+    return peak
 
-    # verdicts
-    if enc_ratio is None or dec_ratio is None:
+
+def report_verdicts(
+    enc_ratio: float | None,
+    dec_ratio: float | None,
+    small_ratio: float | None,
+    large_ratio: float | None,
+    peak: float | None,
+    size_note: str,
+    upload_only: bool,
+) -> None:
+    if upload_only:
+        print("goals 1 and 3: not measured (--upload-only)")
+    elif enc_ratio is None or dec_ratio is None:
         print("goal 1 (>= 70% of openssl AES-256-GCM per core): not measured (openssl unavailable)")
     else:
         met = enc_ratio >= GOAL_VS_OPENSSL and dec_ratio >= GOAL_VS_OPENSSL
@@ -599,9 +717,9 @@ def main() -> None:
             f"goal 2 (encrypted upload >= {GOAL_VS_RAW_UPLOAD:.0%} of raw put_object): "
             f"{'goal met' if met else 'goal missed'} (small {small_ratio:.0%}, large {large_ratio:.0%})"
         )
-    if peak is None:
+    if peak is None and not upload_only:
         print(f"goal 3 (peak RSS < {GOAL_PEAK_RSS_MIB:.0f} MiB encrypting 2 GiB): not measured")
-    else:
+    elif peak is not None:
         met = peak < GOAL_PEAK_RSS_MIB
         print(
             f"goal 3 (peak RSS < {GOAL_PEAK_RSS_MIB:.0f} MiB encrypting {size_note}): "

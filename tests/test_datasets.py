@@ -27,7 +27,7 @@ from connector.deid.options import DEFAULT_OPTIONS
 from connector.deid.recipes import compile_recipes
 from connector.runtime import Runtime, build_runtime
 from connector.settings import load_settings
-from connector.storage.objects import ObjectStoreError
+from connector.storage.objects import ObjectStoreError, Staged
 from connector.synth import generate_cohort
 
 DATASET = "lung-screening"
@@ -106,20 +106,20 @@ def test_export_gives_back_the_exact_deidentified_files(
 def test_resumed_ingest_has_no_duplicates_or_orphans(
     runtime: Runtime, cohort: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original_put = runtime.objects.put
-    calls = itertools.count(1)  # thread-safe: ingest stores from several threads
+    original_stage = runtime.objects.stage
+    calls = itertools.count(1)  # thread-safe: ingest stores from several threads (and processes)
 
-    def failing_put(key: str, data: bytes) -> None:
+    def failing_stage(key: str, data: bytes) -> Staged:
         if next(calls) == 25:
             raise ObjectStoreError("simulated: the store went away")
-        original_put(key, data)
+        return original_stage(key, data)
 
-    monkeypatch.setattr(runtime.objects, "put", failing_put)
+    monkeypatch.setattr(runtime.objects, "stage", failing_stage)
     with pytest.raises(ObjectStoreError, match="simulated"):
         ingest(runtime, cohort, DATASET, DEFAULT_OPTIONS)
     indexed = len(stored_objects(runtime))  # every object stored before or beside the failure
     assert 0 < indexed < 60
-    monkeypatch.setattr(runtime.objects, "put", original_put)
+    monkeypatch.setattr(runtime.objects, "stage", original_stage)
     summary = ingest(runtime, cohort, DATASET, DEFAULT_OPTIONS)
     assert (summary.already_stored, summary.stored) == (indexed, 60 - indexed)
     objects = stored_objects(runtime)

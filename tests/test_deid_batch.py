@@ -15,7 +15,9 @@ from pydicom import dcmread, dcmwrite
 from typer.testing import CliRunner
 
 from connector.cli import app
-from connector.deid.batch import INCOMING, REPORT_NAME, RunSummary, run_batch
+from connector.deid import batch
+from connector.deid.batch import INCOMING, REPORT_NAME, Outcome, RunSummary, run_batch
+from connector.deid.engine import Deidentified, Refused
 from connector.deid.keys import DatasetKeys
 from connector.deid.options import DEFAULT_OPTIONS
 from connector.deid.recipes import RecipeError, compile_recipes
@@ -315,3 +317,78 @@ def test_cli_deid_runs_and_summarises(cohort: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown option" in bad.output
     missing = CliRunner().invoke(app, ["deid", str(tmp_path / "nope"), str(tmp_path / "o3")], env=env)
     assert missing.exit_code == 2
+
+
+class _RecordingSink:
+    """An in-place sink (like ingest's) that only records what the batch asks of it."""
+
+    in_place = True
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+        self.kept: list[str] = []
+        self.dropped: list[str] = []
+        self.finished = False
+
+    def store(self, result: Deidentified) -> str:
+        self.stored.append(result.relative_path)
+        return result.relative_path
+
+    def keep(self, outcome: Outcome) -> None:
+        self.kept.append(outcome.receipt)
+
+    def drop(self, outcome: Outcome) -> None:
+        self.dropped.append(outcome.receipt)
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def _same_instance_twice(folder: Path) -> None:
+    ds = ct_instance(folder / "a.dcm")
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.7777"  # another study: another output path
+    ds.save_as(folder / "b.dcm", enforce_file_format=True)
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_an_instance_claimed_by_a_later_input_is_stored_again_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed: bool
+) -> None:
+    _same_instance_twice(tmp_path / "in")
+    real_claim, real_deidentify = batch._claim, batch.deidentify
+    claims: list[str] = []
+    calls: list[Path] = []
+
+    def later_input_claims_first(sop_instance_uid: str) -> bool:
+        claims.append(sop_instance_uid)
+        return len(claims) > 1 and real_claim(sop_instance_uid)
+
+    def deidentify(path: Path, plan: object, keys: DatasetKeys) -> Deidentified:
+        calls.append(path)
+        if changed and len(calls) == 3:  # the parent's second look at a.dcm
+            raise Refused("truncated", "the file changed")
+        return real_deidentify(path, plan, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch, "_claim", later_input_claims_first)
+    monkeypatch.setattr(batch, "deidentify", deidentify)
+    sink = _RecordingSink()
+    summary = run_batch(
+        tmp_path / "in",
+        tmp_path / "out",
+        compile_recipes(DEFAULT_OPTIONS),
+        SECRET,
+        tmp_path / "q",
+        "t",
+        1,
+        sink=sink,
+    )
+    assert [path.name for path in calls] == ["a.dcm", "b.dcm", "a.dcm"]  # a.dcm again, after the others
+    assert len(sink.stored) == (2 if not changed else 1) and sink.finished
+    assert sink.dropped == [sink.stored[0]]  # b.dcm's output, stored first, then dropped
+    assert summary.report["skipped"][0]["reason_code"] == "duplicate_instance"
+    if changed:
+        assert sink.kept == [] and summary.quarantined == 1
+        assert summary.report["quarantined"][0]["reason_code"] == "changed_during_run"
+    else:
+        assert sink.kept == [sink.stored[1]] and summary.written == 1
+        assert sink.kept[0] != sink.dropped[0]  # a.dcm's own output, not b.dcm's

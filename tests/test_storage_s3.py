@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from minio import Minio
 from urllib3.exceptions import ProtocolError
 
+from connector.storage import s3 as s3_module
 from connector.storage.objects import ObjectStore, ObjectStoreError
 from connector.storage.s3 import S3ObjectStore
 from tests.s3_server import SeaweedS3Server, weed_binary
@@ -270,3 +273,158 @@ def test_server_stopped_mid_session(tmp_path: Path) -> None:
         seaweed.stop()
     with pytest.raises(ObjectStoreError, match="after 2 attempts"):
         store.get("a")
+
+
+def _pending_uploads(raw: Minio, bucket: str) -> list[str]:
+    """Multipart uploads started and neither completed nor aborted (their parts use space)."""
+    return [upload.object_name or "" for upload in raw._list_multipart_uploads(bucket).uploads]
+
+
+def test_pending_uploads_are_visible_to_the_check_below(store: S3ObjectStore, raw: Minio) -> None:
+    # The failure tests below rely on the server listing an upload left open; make sure it does.
+    store.ensure_bucket()
+    upload_id = raw._create_multipart_upload(store.bucket, "open/upload", {})
+    assert _pending_uploads(raw, store.bucket) == ["open/upload"]
+    raw._abort_multipart_upload(store.bucket, "open/upload", upload_id)
+    assert _pending_uploads(raw, store.bucket) == []
+
+
+def test_failing_part_aborts_the_multipart_upload(store: S3ObjectStore, raw: Minio) -> None:
+    store.backoff_base = 0.01
+    store.ensure_bucket()
+    real_upload_part = store._client._upload_part
+    aborted: list[str] = []
+    real_abort = store._client._abort_multipart_upload
+
+    def part_three_fails(
+        bucket: str, name: str, data: bytes, headers: object, upload_id: str, number: int
+    ) -> str:
+        if number == 3:
+            raise ProtocolError("Connection reset by peer")  # transient: retried, then given up
+        return real_upload_part(bucket, name, data, headers, upload_id, number)  # type: ignore[arg-type]
+
+    def abort(bucket: str, name: str, upload_id: str) -> None:
+        aborted.append(name)
+        real_abort(bucket, name, upload_id)
+
+    store._client._upload_part = part_three_fails  # type: ignore[method-assign]
+    store._client._abort_multipart_upload = abort  # type: ignore[method-assign]
+    data = os.urandom(30 * MiB)
+    for reader, length in ((io.BytesIO(data), len(data)), (_OneWay(data), -1)):
+        with pytest.raises(ObjectStoreError, match=r"part 3 of 'big/failing'.*after 5 attempts"):
+            store.put_stream("big/failing", reader, length=length, part_size=5 * MiB, parallel=3)
+        assert not store.exists("big/failing")
+        assert _pending_uploads(raw, store.bucket) == []  # no part left behind on the server
+    assert aborted == ["big/failing", "big/failing"]
+
+
+def test_reader_failure_aborts_the_multipart_upload(store: S3ObjectStore, raw: Minio) -> None:
+    class Breaks(io.RawIOBase):
+        """Hands out 12 MiB, then fails like a producer thread that hit an error."""
+
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, size: int = -1) -> bytes:
+            if self.sent >= 12 * MiB:
+                raise OSError("the encrypting thread failed")
+            chunk = min(size, MiB)
+            self.sent += chunk
+            return b"\x5a" * chunk
+
+    with pytest.raises(OSError, match="encrypting thread"):
+        store.put_stream("big/broken", Breaks(), part_size=5 * MiB)
+    # A stream that ends before its announced length is refused the same way.
+    with pytest.raises(ObjectStoreError, match="ended early"):
+        store.put_stream("big/short", io.BytesIO(b"\x01" * 11 * MiB), length=20 * MiB, part_size=5 * MiB)
+    assert not store.exists("big/broken") and not store.exists("big/short")
+    assert _pending_uploads(raw, store.bucket) == []
+
+
+def test_put_stream_bounds_the_parts_in_memory(store: S3ObjectStore) -> None:
+    """At most `parallel` parts upload at once, and the reader is never more than one part ahead."""
+    parallel, part_size = 2, 5 * MiB
+    data = os.urandom(36 * MiB)
+    lock = threading.Lock()
+    state = {"active": 0, "most_active": 0, "read": 0, "uploaded": 0, "most_ahead": 0}
+    real_upload_part = store._client._upload_part
+
+    def counting(bucket: str, name: str, body: bytes, headers: object, upload_id: str, number: int) -> str:
+        with lock:
+            state["active"] += 1
+            state["most_active"] = max(state["most_active"], state["active"])
+        try:
+            time.sleep(0.05)  # lets the reader run ahead as far as it is allowed to
+            return real_upload_part(bucket, name, body, headers, upload_id, number)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                state["active"] -= 1
+                state["uploaded"] += len(body)
+
+    class Counting(_OneWay):
+        def read(self, size: int = -1) -> bytes:
+            chunk = super().read(size)
+            with lock:
+                state["read"] += len(chunk)
+                state["most_ahead"] = max(state["most_ahead"], state["read"] - state["uploaded"])
+            return chunk
+
+    store._client._upload_part = counting  # type: ignore[method-assign]
+    store.put_stream("big/bounded", Counting(data), part_size=part_size, parallel=parallel)
+    assert store.get("big/bounded") == data
+    assert state["most_active"] <= parallel
+    # the parts uploading, the part being read and the one byte that tells whether more follows
+    assert state["most_ahead"] <= (parallel + 1) * part_size + 1
+
+
+def test_a_forked_child_gets_its_own_connections(store: S3ObjectStore) -> None:
+    """Ingest workers are forked from a process that already used the store."""
+    store.put("before-fork", b"parent")
+    context = multiprocessing.get_context("fork")
+    # initargs reach a forked child by inheritance, as the ingest's sink does (never pickled)
+    with context.Pool(2, initializer=_CHILD.update, initargs=({"store": store},)) as pool:
+        done = pool.map(_put_in_child, [f"child/{index}" for index in range(6)])
+    keys = [key for key, _ in done]
+    assert [store.get(key) for key in keys] == [key.encode() for key in keys]
+    # each child replaced the client (and its pooled sockets) it inherited from the parent
+    assert id(store._client) not in {client for _, client in done}
+    assert store.get("before-fork") == b"parent"  # the parent's own connections still work
+
+
+_CHILD: dict[str, S3ObjectStore] = {}
+
+
+def _put_in_child(key: str) -> tuple[str, int]:
+    _CHILD["store"].put(key, key.encode())
+    return key, id(_CHILD["store"]._client)
+
+
+def test_part_size_fits_the_part_limit(
+    store: S3ObjectStore, raw: Minio, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "MAX_PARTS", 4)  # S3 allows 10,000: a small limit, same rules
+    data = os.urandom(30 * MiB)
+    store.put_stream("big/grown", io.BytesIO(data), length=len(data))  # default parts grow to 8 MiB
+    assert (raw.stat_object(store.bucket, "big/grown").etag or "").endswith("-4")
+    assert store.get("big/grown") == data
+    with pytest.raises(ObjectStoreError, match="more than 4 parts"):  # an explicit size is kept
+        store.put_stream("big/refused", io.BytesIO(data), length=len(data), part_size=5 * MiB)
+    with pytest.raises(ObjectStoreError, match="more than 4 parts"):  # unknown length: found out late
+        store.put_stream("big/unknown", _OneWay(data))
+    assert not store.exists("big/refused") and not store.exists("big/unknown")
+    assert _pending_uploads(raw, store.bucket) == []
+
+
+def test_stage_publish_discard(store: S3ObjectStore) -> None:
+    """S3 has no rename and an acknowledged PUT is durable: staging is the put itself."""
+    kept = store.stage("studies/a/1.enc", b"kept")
+    dropped = store.stage("studies/a/2.enc", b"duplicate")
+    store.publish([kept])
+    store.discard(dropped)
+    assert store.get("studies/a/1.enc") == b"kept"
+    assert not store.exists("studies/a/2.enc")
+    typed: ObjectStore = store
+    assert typed is store

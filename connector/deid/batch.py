@@ -1,14 +1,20 @@
 """Run de-identification over a folder: parallel workers, atomic outputs, quarantine, report.
 
 Every input file gets exactly one outcome: written, quarantined (the original copied into the
-quarantine folder, never under OUT_DIR) or skipped (a duplicate). Outputs appear under their
-final names only once complete and verified; one bad file never stops the batch. Nothing
-identifying goes into the report: quarantined inputs are named by an opaque id whose mapping
-to the original path stays in the quarantine folder.
+quarantine folder, never under OUT_DIR) or skipped (a duplicate: another input holds the same SOP
+instance; the first in input order is kept). Outputs appear under their final names only once
+complete and verified; one bad file never stops the batch. Nothing identifying goes into the
+report: quarantined inputs are named by an opaque id whose mapping to the original path stays in
+the quarantine folder.
+
+Where outputs go is an `OutputSink`: by default files under OUT_DIR (`FolderSink`); ingest passes
+one that seals and stores each output as an encrypted object from inside the worker that made it,
+so no de-identified plaintext is written to disk and only small receipts travel back to the parent.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import multiprocessing
@@ -22,10 +28,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from connector.atomic_files import write_atomically
-from connector.deid.engine import Refused, deidentify
+from connector.deid.engine import Deidentified, Refused, deidentify
 from connector.deid.keys import DatasetKeys
 from connector.deid.plan import Plan
 
@@ -40,7 +46,8 @@ class Outcome:
     source: Path
     status: str  # written | quarantined | skipped
     bytes_in: int
-    temp: str | None = None
+    receipt: Any = None  # what the sink's `store` returned (small: it travels between processes)
+    deferred: bool = False  # not stored by its worker: another input claimed the same instance
     relative: str | None = None
     sop_instance_uid: str | None = None
     study_uid: str | None = None
@@ -65,11 +72,108 @@ class RunSummary:
         return Counter(item["reason_code"] for item in self.report["quarantined"])
 
 
+class OutputSink(Protocol):
+    """Where the de-identified outputs of a batch go.
+
+    `store` runs in a worker process (in the parent itself with one worker) right after an input
+    was de-identified; `keep`, `drop` and `finish` run in the parent, `keep` and `drop` in input
+    order. A sink that stores `in_place` (under a final name derived from the instance, such as
+    an object key) would let two inputs of the same SOP instance overwrite each other, so for it
+    only the first worker to claim an instance stores it (see `_claim`); if that was not the
+    input that comes first, the batch stores the first one again in the parent, after the workers
+    have finished, before it is kept.
+    """
+
+    in_place: bool
+
+    def store(self, result: Deidentified) -> Any:
+        """Put one output where it belongs; return a small picklable receipt for the parent."""
+
+    def keep(self, outcome: Outcome) -> None:
+        """The output is the instance's (first in input order): make it final."""
+
+    def drop(self, outcome: Outcome) -> None:
+        """The output duplicates an instance kept before: undo what `store` did."""
+
+    def finish(self) -> None:
+        """Every outcome was kept or dropped (called only when the batch ran to its end)."""
+
+
+class FolderSink:
+    """Outputs as files under the output folder, named pseudonym/study/series/instance.dcm.
+
+    A worker writes each output into a private temporary file; the parent renames it under its
+    final name once it knows it is no duplicate, so a final name never holds half a file.
+    """
+
+    in_place = False
+
+    def __init__(self, out_dir: Path, incoming: Path) -> None:
+        self.out_dir = out_dir
+        self.incoming = incoming
+
+    def store(self, result: Deidentified) -> str:
+        fd, temp = tempfile.mkstemp(dir=self.incoming, suffix=".dcm")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(result.encoded)
+        return temp
+
+    def keep(self, outcome: Outcome) -> None:
+        target = self.out_dir / str(outcome.relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(outcome.receipt, target)
+
+    def drop(self, outcome: Outcome) -> None:
+        Path(outcome.receipt).unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        pass
+
+
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(plan: Plan, keys: DatasetKeys, incoming: Path) -> None:
-    _STATE.update(plan=plan, keys=keys, incoming=incoming)
+class _Claims:
+    """The SOP instances claimed so far in this run, shared by every worker process of it.
+
+    An open-addressing table of 64-bit fingerprints (SHA-256 of the UID: the table never holds a
+    UID) in memory shared with the forked workers, changed under one lock: a claim costs a few
+    microseconds, where creating a marker file costs a third of a millisecond or more. Two
+    different instances with the same fingerprint (odds about n**2 / 2**65) only make the later
+    one deferred: the parent then stores it itself, so the outcome is still right.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        context = multiprocessing.get_context("fork")
+        size = 1 << max(4, (2 * capacity).bit_length())  # at most half full: probes stay short
+        self._slots = context.RawArray(ctypes.c_uint64, size)
+        self._mask = size - 1
+        self._lock = context.Lock()
+
+    def claim(self, sop_instance_uid: str) -> bool:
+        """True for the first caller of this run, in any worker process, to claim the instance."""
+        digest = hashlib.sha256(sop_instance_uid.encode()).digest()
+        fingerprint = int.from_bytes(digest[:8], "little") or 1  # 0 marks an empty slot
+        index = fingerprint & self._mask
+        with self._lock:
+            while True:
+                held = self._slots[index]
+                if held == 0:
+                    self._slots[index] = fingerprint
+                    return True
+                if held == fingerprint:
+                    return False
+                index = (index + 1) & self._mask
+
+
+def _init_worker(plan: Plan, keys: DatasetKeys, sink: OutputSink, claims: _Claims | None) -> None:
+    _STATE.update(plan=plan, keys=keys, sink=sink, claims=claims)
+
+
+def _claim(sop_instance_uid: str) -> bool:
+    """True unless another input of this run claimed the same instance first (see `_Claims`)."""
+    claims: _Claims = _STATE["claims"]
+    return claims.claim(sop_instance_uid)
 
 
 def _process(path: Path) -> Outcome:
@@ -84,14 +188,14 @@ def _process(path: Path) -> Outcome:
         return Outcome(
             path, "quarantined", size, code="internal_error", reason=f"unexpected {type(exc).__name__}"
         )
-    fd, temp = tempfile.mkstemp(dir=_STATE["incoming"], suffix=".dcm")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(result.encoded)
+    sink: OutputSink = _STATE["sink"]
+    deferred = sink.in_place and not _claim(result.sop_instance_uid)
     return Outcome(
         path,
         "written",
         size,
-        temp=temp,
+        receipt=None if deferred else sink.store(result),
+        deferred=deferred,
         relative=result.relative_path,
         sop_instance_uid=result.sop_instance_uid,
         study_uid=result.study_uid,
@@ -127,7 +231,12 @@ def run_batch(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    sink: OutputSink | None = None,
 ) -> RunSummary:
+    """De-identify every file under `in_dir`; outputs go to `sink` (files under `out_dir` by default).
+
+    The report is written to `out_dir` in every case.
+    """
     in_dir, out_dir, quarantine_dir = in_dir.resolve(), out_dir.resolve(), quarantine_dir.resolve()
     if not in_dir.is_dir():
         raise FileNotFoundError(f"input folder {in_dir} does not exist")
@@ -137,21 +246,30 @@ def run_batch(
     incoming = out_dir / INCOMING
     shutil.rmtree(incoming, ignore_errors=True)  # leftovers of an interrupted run are never outputs
     incoming.mkdir()
+    sink = sink or FolderSink(out_dir, incoming)
     files = input_files(in_dir, (out_dir, quarantine_dir))
+    claims = _Claims(len(files)) if sink.in_place else None
     if on_total:
         on_total(len(files))
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
     started = time.perf_counter()
     outcomes: list[Outcome] = []
     seen: dict[str, Path] = {}
+    deferred: list[Outcome] = []
     try:
-        for outcome in _outcomes(files, plan, keys, incoming, workers):
-            _settle(outcome, out_dir, seen)
+        for outcome in _outcomes(files, plan, keys, sink, claims, workers):
+            _settle(outcome, sink, seen, deferred)
             if outcome.status == "quarantined":
                 _quarantine(outcome, in_dir, quarantine_dir / run_id)
             outcomes.append(outcome)
             if progress:
                 progress(1)
+        # The pool is closed: no worker can store anything any more, so storing again is safe.
+        for outcome in deferred:
+            _store_again(outcome, plan, keys, sink)
+            if outcome.status == "quarantined":
+                _quarantine(outcome, in_dir, quarantine_dir / run_id)
+        sink.finish()
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
     report = _report(outcomes, in_dir, plan, dataset, run_id, time.perf_counter() - started)
@@ -162,32 +280,56 @@ def run_batch(
 
 
 def _outcomes(
-    files: list[Path], plan: Plan, keys: DatasetKeys, incoming: Path, workers: int | None
+    files: list[Path],
+    plan: Plan,
+    keys: DatasetKeys,
+    sink: OutputSink,
+    claims: _Claims | None,
+    workers: int | None,
 ) -> Iterator[Outcome]:
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(files) < 8:
-        _init_worker(plan, keys, incoming)
+        _init_worker(plan, keys, sink, claims)
         yield from map(_process, files)
         return
-    # fork shares the compiled plan for free; chunks amortise the inter-process round trips.
+    # fork shares the compiled plan and the sink for free; chunks amortise the inter-process round trips.
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers, initializer=_init_worker, initargs=(plan, keys, incoming)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(plan, keys, sink, claims)) as pool:
         yield from pool.imap(_process, files, chunksize=max(1, min(64, len(files) // (workers * 8) or 1)))
 
 
-def _settle(outcome: Outcome, out_dir: Path, seen: dict[str, Path]) -> None:
-    """Move a finished output under its final name, or mark it a duplicate."""
-    if outcome.status != "written" or outcome.temp is None or outcome.relative is None:
+def _settle(outcome: Outcome, sink: OutputSink, seen: dict[str, Path], deferred: list[Outcome]) -> None:
+    """Keep the first output of an instance (in input order), drop the others as duplicates."""
+    if outcome.status != "written":
         return
     if outcome.sop_instance_uid in seen:
-        Path(outcome.temp).unlink(missing_ok=True)
+        if not outcome.deferred:
+            sink.drop(outcome)
         outcome.status, outcome.code = "skipped", "duplicate_instance"
         outcome.reason = "another input file holds the same SOP instance"
         return
     seen[outcome.sop_instance_uid or ""] = outcome.source
-    target = out_dir / outcome.relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(outcome.temp, target)
+    if outcome.deferred:
+        # A later input of the same instance was stored first (by another worker): this one is
+        # stored again once the workers are done, and kept only then.
+        deferred.append(outcome)
+    else:
+        sink.keep(outcome)
+
+
+def _store_again(outcome: Outcome, plan: Plan, keys: DatasetKeys, sink: OutputSink) -> None:
+    """Store a deferred output from the parent: de-identification is deterministic (keyed), so
+    this gives the bytes its worker made, unless the input file changed meanwhile."""
+    try:
+        result = deidentify(outcome.source, plan, keys)
+    except Exception:  # Refused or worse: the file is no longer what the worker read
+        result = None
+    if result is None or result.relative_path != outcome.relative:
+        outcome.status, outcome.code = "quarantined", "changed_during_run"
+        outcome.reason = "the input file changed while the batch ran"
+        return
+    outcome.receipt, outcome.deferred = sink.store(result), False
+    sink.keep(outcome)
 
 
 def _quarantine(outcome: Outcome, in_dir: Path, folder: Path) -> None:

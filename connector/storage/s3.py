@@ -1,8 +1,9 @@
 """The object store on S3 (MinIO, SeaweedFS, AWS or any S3-compatible server), with the minio SDK.
 
-`S3ObjectStore` implements the same `ObjectStore` protocol as the local folder store (put, get,
-exists, delete, check) plus streaming: `put_stream` (multipart upload for large objects or
-unknown lengths), `get_stream` (bytes chunks) and `list` (keys under a prefix).
+`S3ObjectStore` implements the same `ObjectStore` protocol as the local folder store (put,
+stage, publish, discard, get, exists, delete, check) plus streaming: `put_stream` (multipart
+upload for large objects or unknown lengths, several parts in flight at once), `get_stream`
+(bytes chunks) and `list` (keys under a prefix).
 
 What it does:
 - validates every key with `validate_key` before any request is sent;
@@ -10,8 +11,12 @@ What it does:
 - retries transient failures (connection errors, timeouts, HTTP 5xx, SlowDown) with exponential
   backoff and jitter, a bounded number of attempts; client errors (4xx) are never retried;
 - relies on S3 PUT semantics for writes: a re-put of a key replaces the object atomically, a
-  reader sees the old object or the new one, never a mix (multipart uploads become visible only
-  when completed, and are aborted on failure);
+  reader sees the old object or the new one, never a mix, and an acknowledged PUT is durable
+  (so `stage` is a put and `publish` has nothing to do); multipart uploads become visible only
+  when completed, and on any failure the upload is aborted once its parts in flight have
+  finished, so no part is left behind;
+- bounds memory in `put_stream`: at most `parallel` parts uploading plus the one being read;
+- is safe to use in a forked child process (ingest workers): the child gets its own connections;
 - turns every failure into `ObjectStoreError` with a message saying what failed and why.
 
 What it must never do: put the secret key in a message, a log line or a repr; retry a request the
@@ -21,6 +26,7 @@ may be stored (it stores the bytes it is given, already encrypted upstream).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -30,15 +36,18 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, TypeVar
 
 import urllib3
 from minio import Minio
+from minio.datatypes import Part
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from connector.storage.objects import ObjectStoreError, validate_key
+from connector.storage.objects import ObjectStoreError, Staged, validate_key
 
 __all__ = ["S3ObjectStore"]
 
@@ -47,7 +56,13 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3's smallest part (all but the last)
 MAX_PART_SIZE = 5 * 1024 * MiB
-DEFAULT_PART_SIZE = 16 * MiB
+MAX_PARTS = 10_000  # S3's limit per multipart upload
+# put_stream's parts: S3's smallest keeps memory low, and on a local server larger parts were no
+# faster. With the part being read, memory stays under (DEFAULT_PARALLEL_PARTS + 1) * part size
+# (25 MiB at the defaults), whatever the object's size. A known length too large for 10,000
+# parts of this size gets larger parts; a stream of unknown length can be up to 50 GB.
+DEFAULT_PART_SIZE = MIN_PART_SIZE
+DEFAULT_PARALLEL_PARTS = 4
 CHUNK_SIZE = 1 * MiB
 
 # S3 error codes that mean "try again later", whatever status the server sent them with.
@@ -107,30 +122,50 @@ class S3ObjectStore:
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self._access_key = access_key
         self._secret = secret_key
+        self._timeouts = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
+        self._client = self._connect()
+        # A forked child (an ingest worker) must not share the parent's pooled sockets: two
+        # processes writing requests into one connection would corrupt both. The hook holds only
+        # a weak reference, so it never keeps a store alive.
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: S3ObjectStore._reconnect_after_fork(reference))
+
+    def _connect(self) -> Minio:
         # Retries happen here, per operation, so the SDK's transport must not retry on its own.
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            maxsize=10,
+            timeout=self._timeouts,
+            maxsize=DEFAULT_PARALLEL_PARTS + 6,  # the parts in flight and a few small requests
             retries=False,
             cert_reqs="CERT_REQUIRED",
             # a private CA in SSL_CERT_FILE, else the system's trust store (urllib3's default)
             ca_certs=os.environ.get("SSL_CERT_FILE") or None,
         )
         try:
-            self._client = Minio(
-                endpoint,
-                access_key=access_key,
-                secret_key=secret_key,
-                secure=secure,
-                region=region,
+            return Minio(
+                self.endpoint,
+                access_key=self._access_key,
+                secret_key=self._secret,
+                secure=self.secure,
+                region=self.region,
                 http_client=http,
             )
         except ValueError as exc:
             reason = self._scrub(str(exc))
-            raise ObjectStoreError(f"S3 endpoint {endpoint!r} is not usable: {reason}") from None
+            raise ObjectStoreError(f"S3 endpoint {self.endpoint!r} is not usable: {reason}") from None
+
+    @staticmethod
+    def _reconnect_after_fork(reference: weakref.ref[S3ObjectStore]) -> None:
+        store = reference()
+        if store is None:
+            return
+        store._bucket_lock = threading.Lock()  # another thread may have held it at the fork
+        # The endpoint was usable in the parent; were it not now, the first request would say so.
+        with contextlib.suppress(ObjectStoreError):
+            store._client = store._connect()
 
     def __repr__(self) -> str:
         scheme = "https" if self.secure else "http"
@@ -251,6 +286,17 @@ class S3ObjectStore:
 
         self._retry(f"put of {key!r}", upload)
 
+    def stage(self, key: str, data: bytes) -> Staged:
+        """S3 has no rename, and a PUT is atomic and durable once acknowledged: staging is the put."""
+        self.put(key, data)
+        return Staged(key, "")
+
+    def publish(self, staged: Iterable[Staged]) -> None:
+        """Nothing to do: every staged object is already durable under its key."""
+
+    def discard(self, staged: Staged) -> None:
+        self.delete(staged.key)
+
     def get(self, key: str) -> bytes:
         return b"".join(self.get_stream(key))
 
@@ -291,47 +337,178 @@ class S3ObjectStore:
     # -- streaming --------------------------------------------------------------------------------
 
     def put_stream(
-        self, key: str, reader: BinaryIO, length: int = -1, part_size: int = DEFAULT_PART_SIZE
+        self,
+        key: str,
+        reader: BinaryIO,
+        length: int = -1,
+        part_size: int | None = None,
+        parallel: int = DEFAULT_PARALLEL_PARTS,
     ) -> None:
         """Upload from `reader`: one PUT when it fits in a part, else a multipart upload.
 
-        `length` is the exact number of bytes to read, or -1 to read to the end. Memory use is
-        bounded by about one part. A failed upload is retried only when `reader` can seek back to
-        where it started; otherwise the first failure is raised (a consumed stream cannot be
-        replayed: the caller retries with a fresh reader). The object appears only once complete.
+        `length` is the exact number of bytes to read, or -1 to read to the end. `part_size`
+        defaults to `DEFAULT_PART_SIZE`, larger when `length` needs it to fit S3's 10,000 parts;
+        an explicit one that cannot fit is refused. Up to `parallel`
+        parts upload at once while the next one is read, so memory use is bounded by about
+        `parallel + 1` parts whatever the object's size. Each part (or the single PUT) is retried
+        on its own from memory, so the reader is read once, front to back, and need not seek. On
+        any failure (a part that keeps failing, a reader that raises or ends early) the parts in
+        flight are waited for and the multipart upload is aborted: the object appears only once
+        complete, and nothing half-written stays on the server.
         """
         name = self._name(key)
+        if part_size is None:
+            needed = -(-length // MAX_PARTS) if length > 0 else 0
+            part_size = max(DEFAULT_PART_SIZE, -(-needed // MiB) * MiB)
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ObjectStoreError(
                 f"part size {part_size} is outside S3's limits ({MIN_PART_SIZE} to {MAX_PART_SIZE} bytes)"
             )
         if length < -1:
             raise ObjectStoreError(f"invalid length {length}")
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
+        if length > part_size * MAX_PARTS:
+            raise ObjectStoreError(
+                f"S3 put of {key!r} refused: {length} bytes need more than {MAX_PARTS} parts of {part_size}"
+            )
         self.ensure_bucket()
-        start: int | None = None
+        first = self._read_part(key, reader, part_size if length < 0 else min(part_size, length), length)
+        # Unknown length: one byte more tells whether the first part is the whole object.
+        peeked = reader.read(1) if length < 0 and len(first) == part_size else b""
+        if peeked is None:
+            raise ObjectStoreError(f"S3 put of {key!r}: non-blocking streams are not supported")
+        if (length >= 0 and length <= part_size) or (length < 0 and not peeked):
+            # One part at most: the SDK must not split it again (it would for sizes over 5 MiB).
+            single = max(MIN_PART_SIZE, len(first))
+            self._retry(
+                f"put of {key!r}",
+                lambda: self._client.put_object(
+                    self.bucket, name, io.BytesIO(first), len(first), part_size=single, num_parallel_uploads=1
+                ),
+            )
+            return
+        upload_id = self._retry(
+            f"start of the multipart upload of {key!r}",
+            lambda: self._client._create_multipart_upload(
+                self.bucket, name, {"Content-Type": "application/octet-stream"}
+            ),
+        )
         try:
-            if reader.seekable():
-                start = reader.tell()
-        except (OSError, AttributeError, ValueError):
-            start = None
+            etags = self._upload_parts(
+                key, name, upload_id, reader, (first, peeked), length, part_size, parallel
+            )
+            parts = [Part(number, etag) for number, etag in sorted(etags.items())]
+            self._retry(
+                f"completion of the multipart upload of {key!r}",
+                lambda: self._client._complete_multipart_upload(self.bucket, name, upload_id, parts),
+            )
+        except BaseException:
+            self._abort_upload(key, name, upload_id)
+            raise
 
-        def upload() -> None:
-            try:
-                self._client.put_object(
-                    self.bucket, name, reader, length, part_size=part_size, num_parallel_uploads=1
-                )
-            except ValueError as exc:  # too many parts, bad length: a caller error
-                raise ObjectStoreError(f"S3 put of {key!r} refused: {exc}") from None
-            except OSError as exc:
-                if "not enough data" in str(exc):
-                    raise ObjectStoreError(f"S3 put of {key!r}: the stream ended early: {exc}") from None
-                raise
+    def _upload_parts(
+        self,
+        key: str,
+        name: str,
+        upload_id: str,
+        reader: BinaryIO,
+        start: tuple[bytes, bytes],
+        length: int,
+        part_size: int,
+        parallel: int,
+    ) -> dict[int, str]:
+        """Upload every part, at most `parallel` at once; returns part number -> ETag.
 
-        if start is None:
-            self._retry(f"streamed put of {key!r}", upload, max_attempts=1)
-        else:
-            seek_start = start
-            self._retry(f"streamed put of {key!r}", upload, on_retry=lambda: reader.seek(seek_start))
+        `start` is the first part, already read, and (unknown length only) the byte after it.
+        """
+        first, peeked = start
+        etags: dict[int, str] = {}
+        in_flight: set[Future[tuple[int, str]]] = set()
+
+        def upload(number: int, data: bytes) -> tuple[int, str]:
+            etag = self._retry(
+                f"upload of part {number} of {key!r}",
+                lambda: self._client._upload_part(self.bucket, name, data, None, upload_id, number),
+            )
+            return number, etag
+
+        def settle(done: set[Future[tuple[int, str]]]) -> None:
+            for future in done:
+                in_flight.discard(future)
+                number, etag = future.result()  # a failed part raises here, stopping the upload
+                etags[number] = etag
+
+        # `with` waits for the parts in flight even when this raises, so the caller aborts the
+        # upload only once no part can still land after the abort.
+        with ThreadPoolExecutor(parallel, thread_name_prefix="s3-part") as pool:
+            number, data, sent = 1, first, len(first)
+            while True:
+                in_flight.add(pool.submit(upload, number, data))
+                del data  # the part now lives only in its upload
+                if length >= 0:
+                    if sent >= length:
+                        break
+                    size = min(part_size, length - sent)
+                elif not peeked:
+                    break
+                else:
+                    size = part_size
+                if number >= MAX_PARTS:
+                    raise ObjectStoreError(
+                        f"S3 put of {key!r} refused: the stream needs more than {MAX_PARTS} parts "
+                        f"of {part_size} bytes"
+                    )
+                # The next part is read while the others upload; a free slot is awaited only
+                # before handing it over, so at most `parallel` + 1 parts are ever in memory.
+                data = self._read_part(key, reader, size, length, peeked)
+                sent += len(data)
+                if length < 0:
+                    peeked = reader.read(1) if len(data) == part_size else b""
+                    if peeked is None:
+                        raise ObjectStoreError(f"S3 put of {key!r}: non-blocking streams are not supported")
+                number += 1
+                settle({future for future in in_flight if future.done()})  # a failure stops reading
+                while len(in_flight) >= parallel:
+                    settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
+            while in_flight:
+                settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
+        return etags
+
+    def _read_part(self, key: str, reader: BinaryIO, size: int, length: int, carried: bytes = b"") -> bytes:
+        """`size` bytes of the stream (starting with `carried`), fewer only at its end.
+
+        With a known `length`, fewer is an error: the stream ended before the announced length.
+        """
+        pieces = [carried] if carried else []
+        missing = size - len(carried)
+        while missing > 0:
+            piece = reader.read(missing)
+            if piece is None:
+                raise ObjectStoreError(f"S3 put of {key!r}: non-blocking streams are not supported")
+            if not piece:
+                break
+            pieces.append(piece)
+            missing -= len(piece)
+        if missing > 0 and length >= 0:
+            raise ObjectStoreError(
+                f"S3 put of {key!r}: the stream ended early (expected {length} bytes in all)"
+            )
+        if len(pieces) == 1 and type(pieces[0]) is bytes:
+            return pieces[0]
+        return b"".join(pieces)
+
+    def _abort_upload(self, key: str, name: str, upload_id: str) -> None:
+        """Abort a multipart upload so that its parts do not linger (best effort, retried)."""
+        try:
+            self._retry(
+                f"abort of the multipart upload of {key!r}",
+                lambda: self._client._abort_multipart_upload(self.bucket, name, upload_id),
+            )
+        except ObjectStoreError as exc:
+            # The original failure is what the caller must see; this one is only logged. A bucket
+            # lifecycle rule for incomplete multipart uploads cleans up what an abort could not.
+            log.warning("%s", exc)
 
     def get_stream(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         """Yield the object's bytes in chunks of at most `chunk_size` bytes.
