@@ -29,6 +29,7 @@ from connector.runtime import Runtime, build_runtime
 from connector.settings import load_settings
 from connector.storage.objects import ObjectStoreError, Staged
 from connector.synth import generate_cohort
+from tests.store_runtimes import runtime_on
 
 DATASET = "lung-screening"
 
@@ -42,18 +43,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=["local", "s3"])
 def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
-    extra = {}
-    if request.param == "s3":
-        server = request.getfixturevalue("s3_server")
-        extra = {
-            "object_store": "s3",
-            "s3_endpoint": server.endpoint,
-            "s3_access_key": server.access_key,
-            "s3_secret_key": server.secret_key,
-            "s3_bucket": f"ds-{tmp_path.name[-20:].lower().replace('_', '-')}",
-            "s3_secure": False,
-        }
-    built = build_runtime(load_settings(data_dir=tmp_path / "data", **extra))
+    built = runtime_on(request, tmp_path, "ds")
     yield built
     built.close()
 

@@ -25,11 +25,11 @@ from connector.deid.batch import run_batch
 from connector.deid.keys import DatasetKeys
 from connector.deid.options import DEFAULT_OPTIONS
 from connector.deid.recipes import compile_recipes
-from connector.runtime import Runtime, build_runtime
-from connector.settings import load_settings
+from connector.runtime import Runtime
 from connector.storage.objects import STAGING, ObjectStoreError, Staged
 from connector.synth import generate_cohort
 from tests.deid_helpers import ct_instance
+from tests.store_runtimes import runtime_on
 
 DATASET = "ct-cohort"
 
@@ -43,18 +43,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=["local", "s3"])
 def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
-    extra = {}
-    if request.param == "s3":
-        server = request.getfixturevalue("s3_server")
-        extra = {
-            "object_store": "s3",
-            "s3_endpoint": server.endpoint,
-            "s3_access_key": server.access_key,
-            "s3_secret_key": server.secret_key,
-            "s3_bucket": f"iw-{tmp_path.name[-20:].lower().replace('_', '-')}",
-            "s3_secure": False,
-        }
-    built = build_runtime(load_settings(data_dir=tmp_path / "data", **extra))
+    built = runtime_on(request, tmp_path, "iw")
     yield built
     built.close()
 
