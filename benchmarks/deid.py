@@ -14,7 +14,10 @@ then measures on those same files, in this one run:
   sample of the first ``--deid-sample`` files only (it is slow), in an empty working directory.
 
 Prints files/s and MB/s (MB = 10**6 input bytes) for each, the ratios the performance goal names and
-one verdict line per goal. It never asserts: it always exits 0 once the measurements ran.
+one verdict line per goal. Each method's CPU time (user + system, of its own processes and of the
+workers they waited for) is printed too, with the same ratios per CPU second: when other work shares
+the cores, wall-clock ratios of methods timed one after the other swing with that work, CPU time per
+file much less. It never asserts: it always exits 0 once the measurements ran.
 
     python benchmarks/deid.py --files 2000 --workers 2 --deid-sample 200
 """
@@ -60,6 +63,11 @@ class Timing:
     files: int
     bytes_in: int
     seconds: float
+    cpu_seconds: float  # user + system time of the method's processes
+
+    @property
+    def cpu_ms_per_file(self) -> float:
+        return self.cpu_seconds * 1e3 / self.files if self.files else float("inf")
 
     @property
     def files_per_s(self) -> float:
@@ -93,14 +101,17 @@ def _probe_main(in_dir: Path, out_dir: Path, workers: int) -> None:
     plan = compile_recipes(DEFAULT_OPTIONS)
     keys = DatasetKeys(secrets.token_bytes(32))
     before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # imports and the compiled plan
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     summary = run_batch(in_dir, out_dir / "out", plan, keys, out_dir / "quarantine", "bench", workers=workers)
     seconds = time.perf_counter() - started
+    cpu = _cpu_seconds() - cpu_before  # the workers are waited for when run_batch closes its pool
     # Linux reports ru_maxrss in KiB; RUSAGE_CHILDREN is the largest waited-for child.
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "written": summary.written,
         "quarantined": summary.quarantined,
         "skipped": summary.skipped,
@@ -125,7 +136,7 @@ def measure_ours(label: str, in_dir: Path, scratch: Path, workers: int) -> Probe
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     data = json.loads(done.stdout.strip().splitlines()[-1])
-    timing = Timing(label, data["inputs"], data["bytes_in"], data["seconds"])
+    timing = Timing(label, data["inputs"], data["bytes_in"], data["seconds"], data["cpu_seconds"])
     return Probe(
         timing,
         data["written"],
@@ -136,6 +147,12 @@ def measure_ours(label: str, in_dir: Path, scratch: Path, workers: int) -> Probe
         data["maxrss_before_batch_kb"] / 1024,
         data["quarantine_reasons"],
     )
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of the children it has waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # --- the floor: plain pydicom read + write ----------------------------------------------------
@@ -149,6 +166,7 @@ def measure_floor(label: str, paths: list[Path], scratch: Path, workers: int) ->
     out_dir = Path(tempfile.mkdtemp(prefix="floor-", dir=scratch))
     jobs = [(str(path), str(out_dir / f"{index:06d}.dcm")) for index, path in enumerate(paths)]
     try:
+        cpu_before = _cpu_seconds()
         started = time.perf_counter()
         if workers == 1:
             for job in jobs:
@@ -160,9 +178,10 @@ def measure_floor(label: str, paths: list[Path], scratch: Path, workers: int) ->
                 for _ in pool.imap(_read_write, jobs, chunksize=chunksize):
                     pass
         seconds = time.perf_counter() - started
+        cpu = _cpu_seconds() - cpu_before
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    return Timing(label, len(paths), sum(path.stat().st_size for path in paths), seconds)
+    return Timing(label, len(paths), sum(path.stat().st_size for path in paths), seconds, cpu)
 
 
 # --- the deid library ---------------------------------------------------------------------------
@@ -182,6 +201,7 @@ def measure_deid_library(paths: list[Path], scratch: Path) -> tuple[Timing, int]
     os.chdir(workdir)
     try:
         recipe = DeidRecipe()
+        cpu_before = _cpu_seconds()
         started = time.perf_counter()
         for path in paths:
             try:
@@ -191,12 +211,13 @@ def measure_deid_library(paths: list[Path], scratch: Path) -> tuple[Timing, int]
             except Exception:  # a file deid cannot handle still costs its time; count it
                 failed += 1
         seconds = time.perf_counter() - started
+        cpu = _cpu_seconds() - cpu_before
     finally:
         os.chdir(previous)
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
     label = f"deid replace_identifiers, 1 process (SAMPLE of {len(paths)})"
-    return Timing(label, len(paths), sum(path.stat().st_size for path in paths), seconds), failed
+    return Timing(label, len(paths), sum(path.stat().st_size for path in paths), seconds, cpu), failed
 
 
 # --- profiling ------------------------------------------------------------------------------------
@@ -282,7 +303,8 @@ def _load() -> str:
 def _row(timing: Timing) -> str:
     return (
         f"  {timing.label:<52} {timing.files:>6} {timing.bytes_in / 1e6:>7.1f} {timing.seconds:>7.2f} "
-        f"{timing.files_per_s:>8.1f} {timing.mb_per_s:>7.2f}"
+        f"{timing.files_per_s:>8.1f} {timing.mb_per_s:>7.2f} {timing.cpu_seconds:>7.2f} "
+        f"{timing.cpu_ms_per_file:>8.2f}"
     )
 
 
@@ -290,8 +312,17 @@ def _verdict(ok: bool) -> str:
     return "goal met" if ok else "goal missed"
 
 
-def report(rows: list[Timing], ratios: dict[str, float], probes: dict[str, Probe], extra: list[str]) -> None:
-    print(f"  {'method':<52} {'files':>6} {'MB in':>7} {'s':>7} {'files/s':>8} {'MB/s':>7}")
+def report(
+    rows: list[Timing],
+    ratios: dict[str, float],
+    cpu_ratios: dict[str, float],
+    probes: dict[str, Probe],
+    extra: list[str],
+) -> None:
+    print(
+        f"  {'method':<52} {'files':>6} {'MB in':>7} {'s':>7} {'files/s':>8} {'MB/s':>7} "
+        f"{'CPU s':>7} {'CPU ms/f':>8}"
+    )
     for timing in rows:
         print(_row(timing))
     for line in extra:
@@ -299,6 +330,10 @@ def report(rows: list[Timing], ratios: dict[str, float], probes: dict[str, Probe
     print()
     print("ratios (files/s):")
     for name, value in ratios.items():
+        print(f"  {name:<60} {value:>7.2f}")
+    print()
+    print("the same ratios per CPU second (files per CPU second: steadier when other work shares the cores):")
+    for name, value in cpu_ratios.items():
         print(f"  {name:<60} {value:>7.2f}")
     print()
     print("peak memory of ours (max RSS, MB):")
@@ -378,6 +413,12 @@ def main() -> None:
         / ours_1.timing.files_per_s,
         f"floor {workers} processes / floor 1 process (scaling)": floor_n.files_per_s / floor_1.files_per_s,
     }
+    # Files per CPU second of one over the other: the inverse ratio of CPU time per file.
+    cpu_ratio_deid = deid_timing.cpu_ms_per_file / ours_n.timing.cpu_ms_per_file
+    cpu_ratio_core = floor_1.cpu_ms_per_file / ours_1.timing.cpu_ms_per_file
+    cpu_ratio_both = floor_n.cpu_ms_per_file / ours_n.timing.cpu_ms_per_file
+    names = list(ratios)  # the same three comparisons, in the same words
+    cpu_ratios = {names[0]: cpu_ratio_deid, names[1]: cpu_ratio_core, names[2]: cpu_ratio_both}
     probes = {
         f"1 worker, {ours_1.timing.files} files": ours_1,
         f"{workers} workers, {ours_half.timing.files} files (half)": ours_half,
@@ -389,7 +430,7 @@ def main() -> None:
             f"{f' {probe.quarantine_reasons}' if probe.quarantine_reasons else ''}, skipped {probe.skipped}"
         )
     extra.append(f"  load average after: {_load()} (other work on these cores skews every number above)")
-    report(rows, ratios, probes, extra)
+    report(rows, ratios, cpu_ratios, probes, extra)
     parent_growth = ours_n.maxrss_parent_mb / ours_half.maxrss_parent_mb
     worker_growth = ours_n.maxrss_children_mb / max(ours_half.maxrss_children_mb, 1e-9)
     print(
@@ -415,6 +456,10 @@ def main() -> None:
     print(
         f"verdict: within 1.5x of the floor on {workers} cores ({ratio_both:.2f}): "
         f"{_verdict(ratio_both >= GOAL_VS_FLOOR)}"
+    )
+    print(
+        f"  cross-check by CPU time per file: {cpu_ratio_deid:.1f}x the deid library per CPU second, "
+        f"{cpu_ratio_core:.2f} of the floor on 1 core, {cpu_ratio_both:.2f} on {workers}"
     )
     flat = max(parent_growth, worker_growth) <= FLAT_MEMORY
     print(

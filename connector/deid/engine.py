@@ -24,6 +24,7 @@ from connector.deid.pixels import PixelCleaningRefused, clean_pixels, may_carry_
 from connector.deid.plan import Plan
 from connector.deid.transform import DUMMY_TEXT, apply_plan, clean_deferred, new_work
 from connector.deid.verify import find_leaks
+from connector.dicom_decode import peek, read_file
 from connector.dicom_encode import encode_file
 from connector.dicom_meta import file_meta_for
 
@@ -63,7 +64,7 @@ def read_instance(path: Path) -> Dataset:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                ds = dcmread(path)
+                ds = read_file(path)  # dcmread's result, faster for plain files
             except InvalidDicomError:
                 # No preamble or file meta (old ACR-NEMA style exports): a dataset may still follow.
                 ds = dcmread(path, force=True)
@@ -108,43 +109,58 @@ def _check_transfer_syntax(path: Path) -> None:
         raise Refused("unsupported_transfer_syntax", f"unknown transfer syntax {str(syntax)[:64]}")
 
 
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+_ROWS, _COLUMNS, _FRAMES, _SAMPLES, _BITS = 0x00280010, 0x00280011, 0x00280008, 0x00280002, 0x00280100
+_SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
+
+
 def _check(ds: Dataset) -> None:
+    # Values are peeked at, not decoded in place: elements left raw are copied as they are on writing.
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is None:
         raise Refused("unsupported_transfer_syntax", "no transfer syntax in the file meta information")
     if not UID(syntax).is_transfer_syntax:
         raise Refused("unsupported_transfer_syntax", f"unknown transfer syntax {str(syntax)[:64]}")
-    has_pixels = any(keyword in ds for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    if not has_pixels and ("Rows" in ds or "Image Storage" in UID(str(ds.get("SOPClassUID", ""))).name):
+    elements = ds._dict
+    has_pixels = any(tag in elements for tag in _PIXEL_TAGS)
+    sop_class = str(peek(ds, _SOP_CLASS, ""))
+    if not has_pixels and (_ROWS in elements or "Image Storage" in UID(sop_class).name):
         # pydicom stops silently when a file ends between two elements: an image without pixels.
         raise Refused("truncated", "an image instance without pixel data: the file is probably truncated")
-    if not str(ds.get("SOPInstanceUID", "")).strip():
+    if not str(peek(ds, _SOP_INSTANCE, "")).strip():
         raise Refused("missing_sop_instance_uid", "the instance has no SOP Instance UID")
-    if not str(ds.get("SOPClassUID", "")).strip():
+    if not sop_class.strip():
         raise Refused("missing_sop_class_uid", "the instance has no SOP Class UID")
-    if "PixelData" in ds and not UID(syntax).is_compressed:
+    if 0x7FE00010 in elements and not UID(syntax).is_compressed:
         expected = _expected_pixel_bytes(ds)
-        if expected is not None and len(ds.PixelData) < expected:
-            raise Refused(
-                "truncated", f"pixel data holds {len(ds.PixelData)} of {expected} bytes (truncated)"
-            )
+        pixels = len(peek(ds, 0x7FE00010))
+        if expected is not None and pixels < expected:
+            raise Refused("truncated", f"pixel data holds {pixels} of {expected} bytes (truncated)")
 
 
 def _expected_pixel_bytes(ds: Dataset) -> int | None:
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        bits = int(ds.BitsAllocated)
-        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * frames
+        frames = int(peek(ds, _FRAMES, 1) or 1)
+        bits = int(_required(ds, _BITS))
+        rows, columns = int(_required(ds, _ROWS)), int(_required(ds, _COLUMNS))
+        count = rows * columns * int(peek(ds, _SAMPLES, 1) or 1) * frames
     except (AttributeError, TypeError, ValueError):
         return None
     return (count * bits + 7) // 8
 
 
+def _required(ds: Dataset, tag: int) -> object:
+    """The value of an element that must be there (AttributeError, as `ds.Keyword`, when absent)."""
+    if tag not in ds._dict:
+        raise AttributeError(f"no element {tag:08X}")
+    return peek(ds, tag)
+
+
 def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
     ds = read_instance(path)
     syntax = UID(ds.file_meta.TransferSyntaxUID)
-    modality = str(ds.get("Modality", "") or "")[:16]
+    modality = str(peek(ds, 0x00080060, "") or "")[:16]
     pixel_rule = None
     if may_carry_burned_in_text(ds):
         try:
@@ -184,9 +200,9 @@ def deidentify(path: Path, plan: Plan, keys: DatasetKeys) -> Deidentified:
     return Deidentified(
         encoded=encoded,
         pseudonym=work.pseudonym,
-        study_uid=str(ds.get("StudyInstanceUID", "") or "no-study"),
-        series_uid=str(ds.get("SeriesInstanceUID", "") or "no-series"),
-        sop_instance_uid=str(ds.SOPInstanceUID),
+        study_uid=str(peek(ds, 0x0020000D, "") or "no-study"),
+        series_uid=str(peek(ds, 0x0020000E, "") or "no-series"),
+        sop_instance_uid=str(_required(ds, _SOP_INSTANCE)),
         modality=modality,
         pixel_rule=pixel_rule,
         actions=work.actions,

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from connector.deid.plan import Condition, PixelRule, Plan
+from connector.dicom_decode import peek
 
 # Modalities whose devices routinely draw patient banners into the image.
 ALWAYS_REVIEW_MODALITIES = frozenset({"US", "OT", "XC", "ES", "GM", "SC", "DOC"})
@@ -25,17 +26,18 @@ class PixelCleaningRefused(Exception):
 
 
 def may_carry_burned_in_text(ds: Dataset) -> bool:
-    if "PixelData" not in ds:
+    # Peeked at, not decoded in place: elements left raw are copied as they are on writing.
+    if 0x7FE00010 not in ds._dict:
         return False
-    declared = str(ds.get("BurnedInAnnotation", "")).upper()
+    declared = str(peek(ds, 0x00280301, "")).upper()  # Burned In Annotation
     if declared == "YES":
         return True
-    modality = str(ds.get("Modality", "")).upper()
-    if modality in ALWAYS_REVIEW_MODALITIES or str(ds.get("SOPClassUID", "")).startswith(
+    modality = str(peek(ds, 0x00080060, "")).upper()
+    if modality in ALWAYS_REVIEW_MODALITIES or str(peek(ds, 0x00080016, "")).startswith(
         SECONDARY_CAPTURE_PREFIX
     ):
         return True
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    image_type = [str(v).upper() for v in (peek(ds, 0x00080008) or [])]
     if "SCREEN SHOT" in image_type or "SCREENSHOT" in image_type:
         return True
     return modality in REVIEW_UNLESS_DECLARED and declared != "NO"
