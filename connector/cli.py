@@ -430,6 +430,7 @@ def ingest(
     """De-identify, verify, encrypt, store and index a folder into an encrypted dataset (resumable)."""
     from connector.datasets.ingest import DatasetConflict
     from connector.datasets.ingest import ingest as run_ingest
+    from connector.datasets.vault import ObjectIntegrityError
     from connector.deid.options import UnknownOption
     from connector.deid.recipes import RecipeError
     from connector.deid.summary import render_summary
@@ -455,6 +456,7 @@ def ingest(
             UnknownOption,
             ValueError,
             ObjectStoreError,
+            ObjectIntegrityError,
             KeyStoreError,
         ) as exc:
             raise _fail(str(exc)) from None
@@ -470,6 +472,7 @@ def ingest(
                 "run_id": summary.deid.report["run_id"],
             },
         )
+        _refresh_catalog(runtime, dataset)
     render_summary(console, summary.deid)
     console.print(
         f"dataset {dataset}: {summary.stored} objects encrypted and stored, {summary.already_stored} already "
@@ -547,6 +550,15 @@ def export(
     console.print(f"{count} objects of {dataset} decrypted into {out_dir}")
 
 
+def _refresh_catalog(runtime: Any, dataset: str) -> None:
+    """After data changed: the dataset's public record (and its remote copies) follow."""
+    from connector.cataloging.service import refresh_after_change
+
+    for outcome in refresh_after_change(runtime, dataset, cli_actor()):
+        state = "updated" if outcome.ok else f"NOT updated: {outcome.error}"
+        console.print(f"catalog record at {outcome.remote}: {state}")
+
+
 @app.command()
 def shred(
     dataset: Annotated[str, typer.Option(help="The dataset.")],
@@ -578,6 +590,7 @@ def shred(
             reasons=[f"shredded {target}"],
             details={"studies": result.studies, "objects": result.objects, "new_key_id": result.new_key_id},
         )
+        _refresh_catalog(runtime, dataset)
     console.print(
         f"shredded {target}: {result.studies} studies, {result.objects} objects; "
         + (f"dataset key rotated to {result.new_key_id}" if result.new_key_id else "dataset keys destroyed")
@@ -636,9 +649,11 @@ def demo(
 
 def _register_subcommands() -> None:
     # The DPO's command groups live in their own module, which imports this one's helpers.
-    from connector.cli_policy import register
+    from connector.cli_catalog import register as register_catalog
+    from connector.cli_policy import register as register_policy
 
-    register(app)
+    register_policy(app)
+    register_catalog(app)
 
 
 _register_subcommands()

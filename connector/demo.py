@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+import catalog
 from connector.api.app import create_app
 from connector.datasets.export import export_dataset
 from connector.datasets.ingest import ingest
@@ -37,6 +38,8 @@ from connector.runtime import Runtime, build_runtime
 from connector.settings import load_settings
 
 MARKER = ".connector-demo"
+# The steward's description of the demo cohort: the example every steward can start from.
+EXAMPLE_DESCRIPTION = Path(catalog.__file__).parent / "examples" / "demo-cohort.toml"
 
 # Who the demo signs in as: one person or system per role.
 PEOPLE = {
@@ -61,7 +64,9 @@ def prepare_data_dir(data_dir: Path) -> None:
 @contextmanager
 def serving(runtime: Runtime) -> Iterator[str]:
     """Run the real API on a free 127.0.0.1 port in a thread; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
+    # they are TCP, and with Nagle on every keep-alive response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -209,6 +214,38 @@ def show_policies(
         )
 
 
+def show_catalog(console: Console, client: httpx.Client, tokens: dict[Role, str]) -> None:
+    """The steward describes the dataset, the record is validated and published; anyone reads it."""
+    from catalog.steward_file import load_steward_fields, steward_fields_to_mapping
+
+    console.rule("6. The steward publishes the dataset in the HealthDCAT-AP catalog")
+    steward = {"authorization": f"Bearer {tokens[Role.STEWARD]}"}
+    example = EXAMPLE_DESCRIPTION.read_text(encoding="utf-8")
+    fields = steward_fields_to_mapping(load_steward_fields(example, str(EXAMPLE_DESCRIPTION)))
+    broken = {**fields, "title": {"en": ""}, "contact": {**fields["contact"], "email": "not-an-address"}}
+    refused = client.put("/v1/catalog/datasets/demo-cohort/description", json=broken, headers=steward)
+    console.print(f"an incomplete description is refused ({refused.status_code}):")
+    for problem in refused.json().get("problems", []):
+        console.print(f"  - {problem}")
+    described = client.put("/v1/catalog/datasets/demo-cohort/description", json=fields, headers=steward)
+    console.print(f"the description from {EXAMPLE_DESCRIPTION.name}: {described.json()['status']}")
+    published = client.post(
+        "/v1/catalog/datasets/demo-cohort/publish", json={"to": []}, headers=steward
+    ).json()
+    entry = published["entry"]
+    console.print(
+        f"validated against the HealthDCAT-AP shapes and published: version {entry['version']} "
+        f"({len(entry['warnings'])} recommendations)"
+    )
+    turtle = client.get("/catalog/datasets/demo-cohort", headers={"accept": "text/turtle"}).text
+    console.print("the public record (GET /catalog/datasets/demo-cohort, Accept: text/turtle):")
+    console.print(turtle, highlight=False, markup=False, soft_wrap=True)
+    page = client.get("/catalog", params={"modality": "CT"}, headers={"accept": "application/ld+json"})
+    console.print(
+        f"search GET /catalog?modality=CT as JSON-LD: {page.status_code}, {len(page.content)} bytes"
+    )
+
+
 def run_demo(data_dir: Path, patients: int, console: Console) -> None:
     from connector.synth import generate_cohort
 
@@ -300,7 +337,9 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
 
             show_policies(console, client, runtime, tokens, data_dir)
 
-            console.rule("6. The DPO checks the tamper-evident audit trail")
+            show_catalog(console, client, tokens)
+
+            console.rule("7. The DPO checks the tamper-evident audit trail")
             dpo = {"authorization": f"Bearer {tokens[Role.DPO]}"}
             client.post("/v1/audit/checkpoint", headers=dpo)
             entries = client.get("/v1/audit", params={"action": "auth.*"}, headers=dpo).json()["entries"]

@@ -29,6 +29,8 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
+from catalog.publish import RemoteCatalog
+
 ENV_PREFIX = "CONNECTOR_"
 CONFIG_ENV = "CONNECTOR_CONFIG"
 
@@ -73,6 +75,47 @@ class IssuerSettings(BaseModel):
         if (self.jwks_url is None) == (self.jwks_file is None):
             raise ValueError(f"issuer {self.issuer!r} needs exactly one of jwks_url or jwks_file")
         return self
+
+
+class CatalogTargetSettings(BaseModel):
+    """A remote catalog that `connector publish DATASET --to NAME` pushes dataset records to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$", description="What `--to` calls it.")
+    url: str = Field(pattern=r"^https?://", description="Base URL of the remote catalog's API.")
+    kind: Literal["healthdata-eu", "eucaim"] = Field(
+        description="healthdata-eu: a HealthData@EU-style national node; eucaim: a EUCAIM-style catalog."
+    )
+    media_type: Literal["text/turtle", "application/ld+json"] = "text/turtle"
+    token: SecretStr | None = Field(default=None, description="Bearer token the remote expects.")
+    username: str | None = Field(default=None, description="HTTP basic user (with password).")
+    password: SecretStr | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    retries: int = Field(default=3, ge=1, le=10, description="Attempts per push (network errors, 429, 5xx).")
+
+    backoff_seconds: float = Field(default=0.5, ge=0, le=60, description="First wait between attempts.")
+
+    @model_validator(mode="after")
+    def _usable(self) -> CatalogTargetSettings:
+        # The publisher's own checks (https for credentials, no credentials in the URL...) run at
+        # start-up, so a bad target stops the connector here rather than at the first push.
+        self.remote()
+        return self
+
+    def remote(self) -> RemoteCatalog:
+        return RemoteCatalog(
+            name=self.name,
+            url=self.url,
+            kind=self.kind,
+            media_type=self.media_type,
+            token=self.token.get_secret_value() if self.token else "",
+            username=self.username or "",
+            password=self.password.get_secret_value() if self.password else "",
+            timeout_seconds=self.timeout_seconds,
+            retries=self.retries,
+            backoff_seconds=self.backoff_seconds,
+        )
 
 
 class Settings(BaseSettings):
@@ -149,6 +192,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Health Data Access Bodies whose signed data permits are trusted."
     )
 
+    catalog_targets: list[CatalogTargetSettings] = Field(
+        default_factory=list, description="Remote catalogs (national node, EUCAIM) records are pushed to."
+    )
+    catalog_page_size: int = Field(default=50, ge=1, le=500, description="Datasets per /catalog page.")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -185,6 +233,13 @@ class Settings(BaseSettings):
     @property
     def effective_master_key_file(self) -> Path:
         return self.master_key_file or self.keys_dir / "master.key"
+
+    @model_validator(mode="after")
+    def _unique_catalog_targets(self) -> Settings:
+        names = [target.name for target in self.catalog_targets]
+        if len(names) != len(set(names)):
+            raise ValueError("catalog_targets: each target needs its own name")
+        return self
 
     @model_validator(mode="after")
     def _opa_url_given(self) -> Settings:

@@ -300,6 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as OPA; every answer carries Content-Length
     timeout = 30  # an idle keep-alive connection ends its thread after this long
     server_version = "opa-rest-test-server"
+    # Headers and body are separate writes: with Nagle on, each keep-alive answer would wait ~40 ms
+    # for the client's delayed ACK, which no real OPA server does.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the tests read answers, not access logs."""

@@ -4,6 +4,7 @@ Add one import line per domain package that declares tables; declare no table he
 """
 
 from connector.audit.models import AuditCheckpoint, AuditEntry, AuditHead
+from connector.cataloging.models import CatalogDocument, CatalogEntry, CatalogFacet, CatalogPublication
 from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
 from connector.policy.models import ConsentRecord, PolicyVersion, RevokedPermit
 
@@ -11,6 +12,10 @@ __all__ = [
     "AuditCheckpoint",
     "AuditEntry",
     "AuditHead",
+    "CatalogDocument",
+    "CatalogEntry",
+    "CatalogFacet",
+    "CatalogPublication",
     "ConsentRecord",
     "DatasetRecord",
     "ObjectRecord",

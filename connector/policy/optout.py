@@ -70,4 +70,9 @@ def import_consent(
                 reasons=[f"erasure after {entry.status}"],
                 details={"patient": entry.pseudonym, "studies": done.studies, "new_key_id": done.new_key_id},
             )
+    # Opt-outs and erasures change who is counted: public catalog records follow at once.
+    from connector.cataloging.service import refresh_after_change
+
+    for dataset in result.datasets:
+        refresh_after_change(runtime, dataset, actor)
     return ConsentImport(result, tuple(shredded))

@@ -294,6 +294,15 @@ class PolicyService:
             return self.decide("api", document, actor, roles)
         return Decision.deny([f"input.action must be one of access, release, api (got {action!r:.40})"])
 
+    def catalog_record(self, dataset: str, counts: dict[str, int]) -> dict[str, Any] | None:
+        """`data.connector.catalog.record`: the dataset's offer and its counts as the catalog may show
+        them; None when the active policy gives the dataset no valid terms. Raises PolicyEngineError."""
+        active = self.refresh()
+        if active is None:
+            raise PolicyEngineError(NO_POLICY)
+        document = self._backend.evaluate("connector.catalog.record", {"dataset": dataset, "counts": counts})
+        return document if isinstance(document, dict) else None
+
     # -- cohorts --------------------------------------------------------------------------------
 
     def _dataset_exists(self, dataset: str) -> bool:
