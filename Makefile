@@ -23,6 +23,8 @@ services:
 $(STAMP): pyproject.toml requirements.lock Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip==25.3
+	# torch first and pinned: unpinned, a dependency would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
 	# The embedded OPA engine: its metadata claims Python >= 3.14 but it runs on 3.11 (tests/test_policy_engine.py).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --ignore-requires-python opa-golib-python-bindings==0.4.4

@@ -140,10 +140,8 @@ class DatasetVault:
                 f"the data key of study {row.study_uid} cannot be unwrapped: {exc}"
             ) from None
 
-    def open(
-        self, ciphertext: bytes, study_uid: str, object_key: str, expected_sha256: str | None = None
-    ) -> bytes:
-        """The plaintext of a stored object, or ObjectIntegrityError naming the object."""
+    def study_key(self, study_uid: str) -> bytes:
+        """The unwrapped data key of one study (ObjectIntegrityError when it is gone or unusable)."""
         with self.sessions() as session:
             row = session.execute(
                 select(StudyRecord).where(
@@ -151,8 +149,18 @@ class DatasetVault:
                 )
             ).scalar_one_or_none()
         if row is None:
-            raise ObjectIntegrityError(f"object {object_key}: its study key is gone (shredded)")
-        data_key = self._unwrap(row)
+            raise ObjectIntegrityError(f"study {study_uid}: its key is gone (shredded)")
+        return self._unwrap(row)
+
+    def decrypt(
+        self,
+        ciphertext: bytes,
+        data_key: bytes,
+        study_uid: str,
+        object_key: str,
+        expected_sha256: str | None = None,
+    ) -> bytes:
+        """The plaintext of a stored object under its study's key, or ObjectIntegrityError naming it."""
         try:
             plaintext = decrypt_bytes(
                 ciphertext, data_key, ObjectIdentity(self.dataset, study_uid, object_key)
@@ -162,3 +170,13 @@ class DatasetVault:
         if expected_sha256 and hashlib.sha256(plaintext).hexdigest() != expected_sha256:
             raise ObjectIntegrityError(f"object {object_key} decrypts to other bytes than were stored")
         return plaintext
+
+    def open(
+        self, ciphertext: bytes, study_uid: str, object_key: str, expected_sha256: str | None = None
+    ) -> bytes:
+        """The plaintext of a stored object, or ObjectIntegrityError naming the object."""
+        try:
+            data_key = self.study_key(study_uid)
+        except ObjectIntegrityError:
+            raise ObjectIntegrityError(f"object {object_key}: its study key is gone (shredded)") from None
+        return self.decrypt(ciphertext, data_key, study_uid, object_key, expected_sha256)

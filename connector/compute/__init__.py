@@ -1,0 +1,1 @@
+"""Compute-to-data: model packages, their signatures, the data they run on, and jobs."""
