@@ -38,18 +38,18 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 import rdflib  # noqa: E402
+
+from catalog.model import AgeRange, Code, DatasetDescription  # noqa: E402
 from catalog.record import record_graph  # noqa: E402
 from catalog.render import render_record  # noqa: E402
 from catalog.validate import official_shapes, validate, validate_graph  # noqa: E402
-from tests.catalog_samples import sample_description  # noqa: E402
-
-from catalog.model import AgeRange, Code, DatasetDescription  # noqa: E402
 from connector.cataloging.models import CatalogEntry  # noqa: E402
 from connector.cataloging.service import content_digest, store_rendered  # noqa: E402
 from connector.db.engine import transaction  # noqa: E402
 from connector.demo import serving  # noqa: E402
 from connector.runtime import build_runtime  # noqa: E402
 from connector.settings import load_settings  # noqa: E402
+from tests.catalog_samples import sample_description  # noqa: E402
 
 OFFICIAL = ROOT.parent / "shared" / "conformance" / "dcat"
 FACETS = [

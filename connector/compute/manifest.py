@@ -47,7 +47,7 @@ class InputSpec(_Strict):
 
     modalities: list[Modality] = Field(min_length=1, max_length=10)
     dimensions: Literal[2, 3]
-    spatial_size: list[Annotated[int, Field(ge=8, le=1024)]] = Field(min_length=2, max_length=3)
+    spatial_size: list[Annotated[int, Field(ge=1, le=1024)]] = Field(min_length=2, max_length=3)
     spacing_mm: list[Annotated[float, Field(gt=0, le=50)]] | None = None  # 3D: resample to this first
     channels: Literal[1, 3] = 1
     normalisation: Normalisation = Field(default_factory=Normalisation)

@@ -1,0 +1,166 @@
+"""Batched inference of a loaded model over the cohort's tensors, and what it computes per study.
+
+Tensors are prepared on a background thread while the model computes (data loading overlapped
+with compute), batched, moved to the device (pinned memory and non-blocking copies on CUDA) and
+run under `torch.inference_mode()` (mixed precision on CUDA). Each output is turned into the
+per-study values the manifest promises: class probabilities, or the volume of each segmented
+label. A model that returns something else (wrong shape, values that are not finite) stops the
+run with a clear error: no partial output is ever returned as a result.
+
+This module never decides what may leave (connector.compute.results and the egress policy do)
+and never sees a pseudonym: studies are named by their de-identified UID only.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from connector.compute.cohort_data import StudyInput
+from connector.compute.manifest import Manifest
+
+
+class ModelOutputError(Exception):
+    """The model's output breaks its manifest (shape, NaN, infinity); the message says how."""
+
+
+@dataclass(frozen=True)
+class StudyOutput:
+    study_uid: str
+    values: dict[str, float]  # label -> probability, or label -> volume (mL, 3D) / area (mm², 2D)
+
+
+@dataclass(frozen=True)
+class RunStats:
+    studies: int
+    skipped: dict[str, str]  # study UID -> reason
+    batches: int
+    device: str
+
+
+def choose_device(prefer: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else the CPU."""
+    if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def _prefetched(items: Iterable[StudyInput], depth: int = 4) -> Iterator[StudyInput]:
+    """`items` produced on a background thread, `depth` ahead, so decryption and transforms of the
+    next studies overlap with the model's compute (both release the GIL for their heavy parts)."""
+    buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+        except BaseException as exc:  # re-raised in the consumer, where the job handles it
+            buffer.put(exc)
+            return
+        buffer.put(done)
+
+    worker = threading.Thread(target=produce, name="cohort-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
+
+
+def _per_study(output: torch.Tensor, manifest: Manifest) -> list[dict[str, float]]:
+    labels = manifest.output.labels
+    spec = manifest.input
+    if not torch.isfinite(output).all():
+        raise ModelOutputError("the model returned values that are not finite (NaN or infinity)")
+    if manifest.output.kind in ("classification", "aggregate-metrics") and output.ndim == 2:
+        if output.shape[1] != len(labels):
+            raise ModelOutputError(
+                f"the model returned {output.shape[1]} classes; the manifest names {len(labels)}"
+            )
+        probabilities = torch.softmax(output.float(), dim=1)
+        return [dict(zip(labels, row.tolist(), strict=True)) for row in probabilities]
+    expected = (len(labels), *spec.spatial_size)
+    if tuple(output.shape[1:]) != expected:
+        raise ModelOutputError(
+            f"the model returned shape {tuple(output.shape[1:])} per study; the manifest implies {expected}"
+        )
+    # One label per voxel; its size in mL (3D) or mm² (2D) from the spacing the input was resampled to.
+    voxel = math.prod(spec.spacing_mm) if spec.spacing_mm else 1.0
+    scale = voxel / 1000.0 if spec.dimensions == 3 else voxel
+    winners = output.argmax(dim=1)
+    counts = torch.stack([(winners == index).flatten(1).sum(dim=1) for index in range(len(labels))], dim=1)
+    return [
+        {label: float(count) * scale for label, count in zip(labels, row.tolist(), strict=True)}
+        for row in counts
+    ]
+
+
+def run_model(
+    model: torch.nn.Module,
+    manifest: Manifest,
+    inputs: Iterable[StudyInput],
+    *,
+    device: torch.device | None = None,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[StudyOutput], RunStats]:
+    """Every study's output, in input order, or ModelOutputError; `on_batch(n)` reports progress,
+    `should_stop()` (checked between batches) ends the run early with InterruptedError."""
+    device = device or choose_device()
+    model = model.to(device).eval()
+    cuda = device.type == "cuda"
+    outputs: list[StudyOutput] = []
+    skipped: dict[str, str] = {}
+    batches = 0
+    pending: list[StudyInput] = []
+
+    def flush() -> None:
+        nonlocal batches
+        if not pending:
+            return
+        stacked = torch.stack([item.tensor for item in pending])  # type: ignore[misc]
+        if cuda:
+            stacked = stacked.pin_memory().to(device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(device.type, enabled=cuda):
+            result = model(stacked)
+        if not isinstance(result, torch.Tensor):
+            raise ModelOutputError(f"the model returned {type(result).__name__}, not a tensor")
+        for item, values in zip(pending, _per_study(result.float().cpu(), manifest), strict=True):
+            outputs.append(StudyOutput(item.study_uid, values))
+        batches += 1
+        if on_batch:
+            on_batch(len(pending))
+        pending.clear()
+
+    for item in _prefetched(inputs):
+        if should_stop and should_stop():
+            raise InterruptedError("the job was cancelled")
+        if item.tensor is None:
+            skipped[item.study_uid] = item.reason
+            continue
+        pending.append(item)
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    return outputs, RunStats(len(outputs), skipped, batches, str(device))
