@@ -121,7 +121,66 @@ def serve(
         runtime.audit.record(
             cli_actor(), "service.start", loaded.connector_id, "success", details={"version": __version__}
         )
-        uvicorn.run(create_app(runtime), host=host or loaded.host, port=port or loaded.port, log_config=None)
+        worker = None
+        if loaded.embedded_worker:
+            from connector.jobs.runner import Worker, sandbox_limits
+
+            worker = Worker(runtime, sandbox_limits(loaded), loaded.worker_poll_seconds)
+            worker.start()
+        try:
+            uvicorn.run(
+                create_app(runtime), host=host or loaded.host, port=port or loaded.port, log_config=None
+            )
+        finally:
+            if worker is not None:
+                worker.stop()
+
+
+@app.command()
+def worker() -> None:
+    """Run compute-to-data jobs from the shared queue until interrupted (one per GPU or node)."""
+    from connector.jobs.runner import Worker, sandbox_limits
+    from connector.observability.logging import configure_logging
+
+    loaded = settings()
+    configure_logging(loaded.log_level, loaded.log_format)
+    with runtime_for(loaded) as runtime:
+        running = Worker(runtime, sandbox_limits(loaded), loaded.worker_poll_seconds)
+        console.print(f"worker {running.name} takes jobs (device {running.limits.device}); Ctrl-C stops it")
+        try:
+            running.serve(on_job=lambda job_id, state: console.print(f"job {job_id}: {state}"))
+        except KeyboardInterrupt:
+            console.print("worker stopped")
+
+
+@app.command("verify-result")
+def verify_result_command(
+    file: Annotated[Path, typer.Argument(help="A result as downloaded (a JWS).")],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="The connector's JWKS or JWK file (default: this connector's own key)."),
+    ] = None,
+) -> None:
+    """Check that a job result was signed by the connector and not altered; print what it says."""
+    from connector.jobs.results import ResultError, verify_result
+
+    token = file.read_text(encoding="utf-8").strip()
+    if public_key is not None:
+        try:
+            document = json.loads(public_key.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot read the key file {public_key}: {exc}") from None
+        jwk = document["keys"][0] if isinstance(document, dict) and "keys" in document else document
+    else:
+        with runtime_for(settings()) as runtime:
+            jwk = runtime.signing_key.public_jwk
+    try:
+        body = verify_result(token, jwk)
+    except ResultError as exc:
+        console.print(f"[red]NOT VERIFIED[/red]: {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"verified: job {body.get('job')} on {body.get('dataset')}, model {body.get('model')}")
+    console.print_json(data=body)
 
 
 @config_app.command("show")

@@ -246,6 +246,85 @@ def show_catalog(console: Console, client: httpx.Client, tokens: dict[Role, str]
     )
 
 
+def _submit(
+    client: httpx.Client, researcher: dict[str, str], request: dict[str, Any], package: bytes, signature: str
+) -> httpx.Response:
+    return client.post(
+        "/v1/jobs",
+        data={"job": json.dumps(request), "signature": signature},
+        files={"package": ("demo-model.zip", package, "application/zip")},
+        headers=researcher,
+    )
+
+
+def show_jobs(console: Console, client: httpx.Client, runtime: Runtime, tokens: dict[Role, str]) -> None:
+    """An AI team's signed model runs on the data; only a signed, policy-checked result leaves."""
+    from connector.compute.demo_model import demo_package
+    from connector.compute.package_signing import generate_team_key
+    from connector.jobs.runner import Worker, sandbox_limits
+
+    console.rule("7. Compute-to-data: a signed model runs next to the data; a signed result leaves")
+    team = "istituto-tumori-ai-lab"
+    private_pem, public_pem = generate_team_key("EdDSA")
+    steward = {"authorization": f"Bearer {tokens[Role.STEWARD]}"}
+    key = client.post(
+        "/v1/teams/keys", json={"team": team, "public_key": public_pem.decode()}, headers=steward
+    )
+    console.print(f"the steward registers the team's signing key {key.json()['key_id'][:16]}... ({team})")
+    package, signature = demo_package(private_pem, team)
+    console.print(
+        f"the team trains a small MONAI network on synthetic images and signs its package "
+        f"({len(package) / 1024:.0f} kB, EdDSA)"
+    )
+    researcher_id, organisation, country = PEOPLE[Role.RESEARCHER]
+    assert runtime.permit_issuer is not None
+    permit = runtime.permit_issuer.issue(
+        researcher_id, organisation, ["ai-development"], ["demo-cohort"], [country], valid_days=90
+    )
+    researcher = {"authorization": f"Bearer {tokens[Role.RESEARCHER]}"}
+    request = {
+        "dataset": "demo-cohort",
+        "purpose": "ai-development",
+        "permit": permit,
+        "cohort": {"modality": ["CT"]},
+    }
+    forged = _submit(client, researcher, request, package, signature[:-8] + "AAAAAAAA")
+    console.print(f"a package whose signature does not match: {forged.status_code} {forged.json()['error']}")
+    denied = _submit(client, researcher, {**request, "purpose": "advertising"}, package, signature)
+    console.print(f"a job for a prohibited purpose: {denied.status_code} {denied.json()['detail'][:110]}")
+    submitted = _submit(client, researcher, request, package, signature).json()
+    console.print(
+        f"job {submitted['id'][:12]} queued; a worker runs it (model in its own process, no network)"
+    )
+    worker = Worker(runtime, sandbox_limits(runtime.settings), poll_seconds=0.2)
+    worker.start()
+    try:
+        job = submitted
+        for _ in range(600):
+            job = client.get(f"/v1/jobs/{submitted['id']}", headers=researcher).json()
+            if job["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    console.print(
+        f"job {job['state']}: {job['studies_done']} of {job['studies_total']} studies, "
+        f"{job['cohort_size']} patients after opt-outs"
+    )
+    if job["state"] != "succeeded":
+        console.print(f"  reasons: {'; '.join(job['reasons'])}")
+        return
+    token = client.get(f"/v1/jobs/{submitted['id']}/result", headers=researcher).text
+    from connector.jobs.results import verify_result
+
+    body = verify_result(token, client.get("/v1/connector/keys").json()["keys"][0])
+    console.print(
+        f"signed result verified with the connector's public key: model {body['model']}, "
+        f"{body['aggregate']['studies']} studies, predicted {body['aggregate']['predicted']}, "
+        f"mean probabilities {body['aggregate']['mean']}"
+    )
+
+
 def run_demo(data_dir: Path, patients: int, console: Console) -> None:
     from connector.synth import generate_cohort
 
@@ -338,8 +417,9 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
             show_policies(console, client, runtime, tokens, data_dir)
 
             show_catalog(console, client, tokens)
+            show_jobs(console, client, runtime, tokens)
 
-            console.rule("7. The DPO checks the tamper-evident audit trail")
+            console.rule("8. The DPO checks the tamper-evident audit trail")
             dpo = {"authorization": f"Bearer {tokens[Role.DPO]}"}
             client.post("/v1/audit/checkpoint", headers=dpo)
             entries = client.get("/v1/audit", params={"action": "auth.*"}, headers=dpo).json()["entries"]

@@ -197,6 +197,21 @@ class Settings(BaseSettings):
     )
     catalog_page_size: int = Field(default=50, ge=1, le=500, description="Datasets per /catalog page.")
 
+    compute_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where job models run: CUDA when present (auto), or forced."
+    )
+    embedded_worker: bool = Field(
+        default=True, description="`connector serve` also runs a job worker (else run `connector worker`)."
+    )
+    worker_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    job_memory_bytes: int = Field(
+        default=6 << 30, ge=256 << 20, description="Address space of a job's model process (CPU)."
+    )
+    job_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400, description="Wall time of one job.")
+    job_package_max_bytes: int = Field(
+        default=256 << 20, ge=1 << 20, le=4 << 30, description="Largest model package accepted."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -9,8 +9,10 @@ import torch
 from monai.networks.nets import DenseNet121
 
 from connector.compute.cohort_data import StudyInput
-from connector.compute.inference import ModelOutputError, choose_device, run_model
+from connector.compute.inference import InProcessPredictor, ModelOutputError, choose_device, run_model
 from connector.compute.manifest import Manifest
+
+CPU = torch.device("cpu")
 
 
 def manifest(
@@ -50,7 +52,7 @@ def small_densenet() -> torch.nn.Module:
 def test_batched_outputs_equal_a_bare_loop_and_skips_are_reported() -> None:
     model = small_densenet().eval()
     items = inputs(11, skip_every=5)
-    outputs, stats = run_model(model, manifest(), items, batch_size=4, device=torch.device("cpu"))
+    outputs, stats = run_model(InProcessPredictor(model, CPU), manifest(), items, batch_size=4)
     assert stats.studies == 8 and set(stats.skipped) == {"2.25.0", "2.25.5", "2.25.10"} and stats.batches == 2
     with torch.inference_mode():
         bare = torch.softmax(model(torch.stack([i.tensor for i in items if i.tensor is not None])), dim=1)
@@ -76,7 +78,7 @@ def test_segmentation_statistics_are_label_volumes_in_millilitres() -> None:
     spec = Manifest.model_validate(
         {**spec.model_dump(), "input": {**spec.input.model_dump(), "spacing_mm": [1.0, 1.0, 2.0]}}
     )
-    outputs, _ = run_model(Constant(logits), spec, inputs(2, (1, 8, 8, 4)), device=torch.device("cpu"))
+    outputs, _ = run_model(InProcessPredictor(Constant(logits), CPU), spec, inputs(2, (1, 8, 8, 4)))
     assert outputs[0].values == {"background": pytest.approx(0.256), "nodule": pytest.approx(0.256)}
 
 
@@ -90,7 +92,7 @@ def test_segmentation_statistics_are_label_volumes_in_millilitres() -> None:
 )
 def test_outputs_that_break_the_manifest_stop_the_run(value: torch.Tensor, message: str) -> None:
     with pytest.raises(ModelOutputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        run_model(Constant(value), manifest(), inputs(3), device=torch.device("cpu"))
+        run_model(InProcessPredictor(Constant(value), CPU), manifest(), inputs(3))
 
 
 def test_a_failure_while_reading_data_stops_the_run_and_returns_nothing() -> None:
@@ -99,18 +101,17 @@ def test_a_failure_while_reading_data_stops_the_run_and_returns_nothing() -> Non
         raise OSError("object store unreachable")
 
     with pytest.raises(OSError, match="object store unreachable"):
-        run_model(small_densenet(), manifest(), broken(), batch_size=1, device=torch.device("cpu"))
+        run_model(InProcessPredictor(small_densenet(), CPU), manifest(), broken(), batch_size=1)
 
 
 def test_a_cancelled_run_stops_between_batches() -> None:
     seen: list[int] = []
     with pytest.raises(InterruptedError):
         run_model(
-            small_densenet(),
+            InProcessPredictor(small_densenet(), CPU),
             manifest(),
             inputs(20),
             batch_size=2,
-            device=torch.device("cpu"),
             on_batch=seen.append,
             should_stop=lambda: len(seen) >= 2,
         )

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from connector import __version__
 from connector.api.errors import install_error_handlers
 from connector.api.middleware import RequestContextMiddleware
-from connector.api.routers import admin, audit, catalog, health, me, policy
+from connector.api.routers import admin, audit, catalog, health, jobs, me, policy
 from connector.api.security import assert_every_route_declares_roles
 from connector.runtime import Runtime
 
@@ -27,9 +27,21 @@ def create_app(runtime: Runtime) -> FastAPI:
         ),
     )
     app.state.runtime = runtime
-    for router in (health.router, me.router, admin.router, audit.router, policy.router, catalog.router):
+    for router in (
+        health.router,
+        me.router,
+        admin.router,
+        audit.router,
+        policy.router,
+        catalog.router,
+        jobs.router,
+    ):
         app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=runtime.settings.api_max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=runtime.settings.api_max_body_bytes,
+        large_body_paths={"/v1/jobs": runtime.settings.job_package_max_bytes + (1 << 20)},
+    )
     assert_every_route_declares_roles(app.routes)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,9 +24,13 @@ class BodyTooLarge(Exception):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, large_body_paths: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Routes that take files (a model package) get their own, larger bound.
+        self.large_body_paths = dict(large_body_paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,9 +43,10 @@ class RequestContextMiddleware:
         status = {"code": 500}
         scope.setdefault("state", {})["request_id"] = request_id
 
+        limit = self.large_body_paths.get(scope.get("path", ""), self.max_body_bytes)
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._reject_too_large(send, request_id)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject_too_large(send, request_id, limit)
             self._access(scope, 413, started)
             request_id_var.reset(token)
             return
@@ -52,7 +58,7 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise BodyTooLarge
             return message
 
@@ -66,17 +72,17 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, bounded_receive, send_with_id)
         except BodyTooLarge:
-            await self._reject_too_large(send, request_id)
+            await self._reject_too_large(send, request_id, limit)
             status["code"] = 413
         finally:
             self._access(scope, status["code"], started)
             request_id_var.reset(token)
 
-    async def _reject_too_large(self, send: Send, request_id: str) -> None:
+    async def _reject_too_large(self, send: Send, request_id: str, limit: int) -> None:
         body = json.dumps(
             {
                 "error": "payload_too_large",
-                "detail": f"request body exceeds {self.max_body_bytes} bytes",
+                "detail": f"request body exceeds {limit} bytes",
                 "request_id": request_id,
             }
         ).encode()

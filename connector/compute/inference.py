@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -48,6 +49,34 @@ def choose_device(prefer: str = "auto") -> torch.device:
     if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+class Predictor(Protocol):
+    """Runs the model on one batch: a model in this process, or one in its sandbox process."""
+
+    device: str
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+class InProcessPredictor:
+    """A loaded model on `device`: inference mode, pinned non-blocking copies and mixed precision
+    on CUDA. The sandbox process runs its model through this too."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | None = None) -> None:
+        self._device = device or choose_device()
+        self._model = model.to(self._device).eval()
+        self.device = str(self._device)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        cuda = self._device.type == "cuda"
+        if cuda:
+            batch = batch.pin_memory().to(self._device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(self._device.type, enabled=cuda):
+            result = self._model(batch)
+        if not isinstance(result, torch.Tensor):
+            raise ModelOutputError(f"the model returned {type(result).__name__}, not a tensor")
+        return result.float().cpu()
 
 
 def _prefetched(items: Iterable[StudyInput], depth: int = 4) -> Iterator[StudyInput]:
@@ -116,20 +145,16 @@ def _per_study(output: torch.Tensor, manifest: Manifest) -> list[dict[str, float
 
 
 def run_model(
-    model: torch.nn.Module,
+    predict: Predictor,
     manifest: Manifest,
     inputs: Iterable[StudyInput],
     *,
-    device: torch.device | None = None,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[StudyOutput], RunStats]:
     """Every study's output, in input order, or ModelOutputError; `on_batch(n)` reports progress,
     `should_stop()` (checked between batches) ends the run early with InterruptedError."""
-    device = device or choose_device()
-    model = model.to(device).eval()
-    cuda = device.type == "cuda"
     outputs: list[StudyOutput] = []
     skipped: dict[str, str] = {}
     batches = 0
@@ -139,14 +164,10 @@ def run_model(
         nonlocal batches
         if not pending:
             return
-        stacked = torch.stack([item.tensor for item in pending])  # type: ignore[misc]
-        if cuda:
-            stacked = stacked.pin_memory().to(device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(device.type, enabled=cuda):
-            result = model(stacked)
-        if not isinstance(result, torch.Tensor):
-            raise ModelOutputError(f"the model returned {type(result).__name__}, not a tensor")
-        for item, values in zip(pending, _per_study(result.float().cpu(), manifest), strict=True):
+        result = predict(torch.stack([item.tensor for item in pending]))  # type: ignore[misc]
+        if result.shape[0] != len(pending):
+            raise ModelOutputError(f"the model returned {result.shape[0]} outputs for {len(pending)} studies")
+        for item, values in zip(pending, _per_study(result, manifest), strict=True):
             outputs.append(StudyOutput(item.study_uid, values))
         batches += 1
         if on_batch:
@@ -163,4 +184,4 @@ def run_model(
         if len(pending) >= batch_size:
             flush()
     flush()
-    return outputs, RunStats(len(outputs), skipped, batches, str(device))
+    return outputs, RunStats(len(outputs), skipped, batches, predict.device)

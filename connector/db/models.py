@@ -5,6 +5,7 @@ Add one import line per domain package that declares tables; declare no table he
 
 from connector.audit.models import AuditCheckpoint, AuditEntry, AuditHead
 from connector.cataloging.models import CatalogDocument, CatalogEntry, CatalogFacet, CatalogPublication
+from connector.compute.models import TeamKey
 from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
 from connector.policy.models import ConsentRecord, PolicyVersion, RevokedPermit
 
@@ -22,4 +23,5 @@ __all__ = [
     "PolicyVersion",
     "RevokedPermit",
     "StudyRecord",
+    "TeamKey",
 ]

@@ -1,0 +1,320 @@
+"""Running jobs: claim one from the shared queue, decide again at start, run the model in its
+sandbox over the consented cohort, apply the egress policy, sign and keep the result.
+
+The access policy decides again when the job starts (opt-outs, revocations and the cohort may
+have changed since it was queued); patients who opt out while the job runs are skipped from then
+on and their outputs dropped at the end. Any failure ends the job with a reason and releases
+nothing: there are no partial results. Several workers (threads, processes, nodes) share the
+queue: a claim is a compare-and-set on the job's state, so no job runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import select, update
+
+from connector.audit.log import utc_now_text
+from connector.compute.cohort_data import CohortFilter, CohortStudy, StudyInput, cohort_inputs, select_studies
+from connector.compute.inference import ModelOutputError, run_model
+from connector.compute.package import PackageError, package_digest, read_package
+from connector.compute.sandbox import SandboxedModel, SandboxError, SandboxLimits
+from connector.jobs.models import Job
+from connector.jobs.results import build_result, sign_result
+from connector.jobs.service import cohort_hash
+from connector.runtime import Runtime
+
+log = logging.getLogger("connector.jobs")
+
+LEASE_SECONDS = 120.0
+CONSENT_RECHECK_SECONDS = 2.0
+
+
+class JobFailure(Exception):
+    def __init__(self, state: str, code: str, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.state, self.code, self.reasons = state, code, reasons
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+def claim_next(runtime: Runtime, worker: str) -> str | None:
+    """Take the oldest queued job for `worker` (None when the queue is empty)."""
+    with runtime.sessions() as session:
+        candidates = list(
+            session.execute(
+                select(Job.id).where(Job.state == "queued").order_by(Job.created_at).limit(5)
+            ).scalars()
+        )
+    for job_id in candidates:
+        with runtime.sessions() as session, session.begin():
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "queued")
+                .values(
+                    state="running",
+                    worker=worker[:100],
+                    started_at=utc_now_text(),
+                    lease_until=time.time() + LEASE_SECONDS,
+                )
+            ).rowcount
+        if claimed == 1:
+            return job_id
+    return None
+
+
+def fail_abandoned(runtime: Runtime) -> int:
+    """Jobs whose worker stopped renewing its lease (it died): failed, never re-run half-done."""
+    with runtime.sessions() as session, session.begin():
+        return session.execute(
+            update(Job)
+            .where(Job.state == "running", Job.lease_until < time.time())
+            .values(
+                state="failed",
+                error_code="worker_lost",
+                reasons=json.dumps(["the worker running this job stopped; nothing was released"]),
+                finished_at=utc_now_text(),
+            )
+        ).rowcount
+
+
+def _update(runtime: Runtime, job_id: str, **values: Any) -> None:
+    with runtime.sessions() as session, session.begin():
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def _finish(
+    runtime: Runtime, job: Job, state: str, code: str, reasons: list[str], result: str | None = None
+) -> None:
+    _update(
+        runtime,
+        job.id,
+        state=state,
+        error_code=code,
+        reasons=json.dumps(reasons),
+        finished_at=utc_now_text(),
+        result=result,
+    )
+    runtime.audit.record(
+        f"worker:{job.worker}",
+        f"job.{state}",
+        job.id,
+        "success" if state == "succeeded" else "failure" if state == "failed" else "deny",
+        reasons=reasons[:10],
+        details={"code": code, "model_digest": job.package_digest, "cohort_hash": job.cohort_hash},
+    )
+
+
+class _Consent:
+    """Who is still in the cohort: re-read from the consent policy every few seconds while a job runs."""
+
+    def __init__(self, runtime: Runtime, dataset: str) -> None:
+        self._runtime, self._dataset = runtime, dataset
+        self._checked = 0.0
+        self.included: set[str] = set()
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> set[str]:
+        if force or time.monotonic() - self._checked > CONSENT_RECHECK_SECONDS:
+            self.included = set(self._runtime.policy.cohort(self._dataset).included)
+            self._checked = time.monotonic()
+        return self.included
+
+
+def _decide_at_start(runtime: Runtime, job: Job, studies: list[CohortStudy], excluded: int) -> None:
+    if job.permit_expires is not None and job.permit_expires < time.time():
+        raise JobFailure("denied", "permit_expired", ["the data permit expired before the job started"])
+    prepared = json.loads(job.access_input)
+    prepared["cohort"]["size"] = len({study.pseudonym for study in studies})
+    prepared["cohort"]["excluded"] = excluded
+    decision = runtime.policy.decide("access", prepared, f"worker:{job.worker}", ["worker"])
+    if not decision.allow:
+        raise JobFailure("denied", "access_denied", [f"at start: {reason}" for reason in decision.reasons])
+
+
+def _inputs(
+    runtime: Runtime, job: Job, studies: list[CohortStudy], consent: _Consent, spec: Any, dropped: set[str]
+) -> Iterator[StudyInput]:
+    still_in = [study for study in studies]
+    for study in still_in:
+        if study.pseudonym not in consent.refresh():
+            dropped.add(study.study_uid)  # opted out while the job ran: not read, not counted
+            continue
+        yield from cohort_inputs(runtime, job.dataset, [study], spec)
+
+
+def run_job(runtime: Runtime, job_id: str, limits: SandboxLimits) -> str:
+    """Run one claimed job to its end; its final state."""
+    with runtime.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.expunge(job)
+    try:
+        _run(runtime, job, limits)
+        return "succeeded"
+    except JobFailure as exc:
+        _finish(runtime, job, exc.state, exc.code, exc.reasons)
+        return exc.state
+    except SandboxError as exc:
+        _finish(runtime, job, "failed", exc.code, [exc.detail])
+    except ModelOutputError as exc:
+        _finish(runtime, job, "failed", "model_output", [str(exc)])
+    except InterruptedError:
+        _finish(runtime, job, "cancelled", "cancelled", ["cancelled by its submitter; nothing was released"])
+        return "cancelled"
+    except PackageError as exc:
+        _finish(runtime, job, "failed", "invalid_package", exc.problems)
+    except Exception as exc:  # a job must end, whatever happened; the worker keeps serving
+        log.exception("job failed unexpectedly", extra={"job": job.id})
+        _finish(
+            runtime, job, "failed", "internal_error", [f"the job failed: {type(exc).__name__}: {exc}"[:500]]
+        )
+    return "failed"
+
+
+def _run(runtime: Runtime, job: Job, limits: SandboxLimits) -> None:
+    query = CohortFilter(**{name: tuple(values) for name, values in json.loads(job.cohort_filter).items()})
+    consent = _Consent(runtime, job.dataset)
+    with runtime.sessions() as session:
+        from connector.datasets.models import StudyRecord
+
+        everyone = set(
+            session.execute(
+                select(StudyRecord.patient_pseudonym).where(StudyRecord.dataset == job.dataset)
+            ).scalars()
+        )
+    asked = select_studies(runtime, job.dataset, query, everyone)
+    studies = [study for study in asked if study.pseudonym in consent.included]
+    excluded = len({s.pseudonym for s in asked}) - len({s.pseudonym for s in studies})
+    _decide_at_start(runtime, job, studies, excluded)
+    if not studies:
+        raise JobFailure("failed", "empty_cohort", ["no study of the dataset matches the cohort query"])
+    job.cohort_hash = cohort_hash(job.dataset, [study.study_uid for study in studies])
+    _update(
+        runtime,
+        job.id,
+        studies_total=len(studies),
+        cohort_size=len({study.pseudonym for study in studies}),
+        cohort_hash=job.cohort_hash,
+    )
+    package_bytes = runtime.objects.get(job.package_key)
+    if package_digest(package_bytes) != job.package_digest:
+        raise JobFailure("failed", "package_altered", ["the stored model package does not match its digest"])
+    manifest = read_package(package_bytes).manifest
+    done = 0
+    dropped: set[str] = set()
+
+    def progress(count: int) -> None:
+        nonlocal done
+        done += count
+        _update(runtime, job.id, studies_done=done, lease_until=time.time() + LEASE_SECONDS)
+
+    def cancelled() -> bool:
+        with runtime.sessions() as session:
+            return bool(session.execute(select(Job.cancel_requested).where(Job.id == job.id)).scalar_one())
+
+    with SandboxedModel(package_bytes, limits) as model:
+        outputs, stats = run_model(
+            model,
+            manifest,
+            _inputs(runtime, job, studies, consent, manifest.input, dropped),
+            batch_size=job.batch_size,
+            on_batch=progress,
+            should_stop=cancelled,
+        )
+    # The last word on consent: anyone who opted out during the run leaves the result too.
+    included = consent.refresh(force=True)
+    patient_of = {study.study_uid: study.pseudonym for study in studies}
+    kept = [output for output in outputs if patient_of[output.study_uid] in included]
+    patients = len({patient_of[output.study_uid] for output in kept})
+    _update(runtime, job.id, studies_skipped=len(stats.skipped) + len(dropped) + len(outputs) - len(kept))
+    if not kept:
+        raise JobFailure("failed", "no_output", ["no study of the cohort could be given to the model"])
+    _release(runtime, job, manifest, kept, patients)
+
+
+def _release(runtime: Runtime, job: Job, manifest: Any, kept: list[Any], patients: int) -> None:
+    def suppress(counts: dict[str, int]) -> dict[str, Any]:
+        record = runtime.policy.catalog_record(job.dataset, counts)
+        if record is None:
+            raise JobFailure("failed", "no_terms", [f"the policy gives dataset {job.dataset} no valid terms"])
+        return dict(record["counts"])
+
+    provenance = {
+        "job": job.id,
+        "dataset": job.dataset,
+        "purpose": job.purpose,
+        "model": job.model,
+        "model_digest": job.package_digest,
+        "team": job.team,
+        "cohort_hash": job.cohort_hash,
+        "policy_version": job.policy_version,
+        "created_at": utc_now_text(),
+    }
+    document = build_result(kept, manifest, provenance, patients, suppress)
+    release = {"action": "release", "dataset": job.dataset, "result": document.release}
+    decision = runtime.policy.decide_release(release, f"worker:{job.worker}", ["worker"])
+    if not decision.allow:
+        raise JobFailure("failed", "egress_denied", [f"egress: {reason}" for reason in decision.reasons])
+    body = {**document.body, "policy_version_at_release": decision.policy_version}
+    _finish(runtime, job, "succeeded", "", list(decision.reasons), sign_result(body, runtime.signing_key))
+
+
+def sandbox_limits(settings: Any) -> SandboxLimits:
+    """The model process's limits and device from the settings."""
+    from connector.compute.inference import choose_device
+
+    return SandboxLimits(
+        memory_bytes=settings.job_memory_bytes,
+        seconds=settings.job_seconds,
+        device=choose_device(settings.compute_device).type,
+    )
+
+
+class Worker:
+    """Takes jobs from the queue until stopped: `connector worker`, or a thread of `connector serve`."""
+
+    def __init__(self, runtime: Runtime, limits: SandboxLimits, poll_seconds: float = 1.0) -> None:
+        self.runtime, self.limits, self.poll_seconds = runtime, limits, poll_seconds
+        self.name = worker_name()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> str | None:
+        """Run the next queued job, if any; its final state."""
+        fail_abandoned(self.runtime)
+        job_id = claim_next(self.runtime, self.name)
+        return run_job(self.runtime, job_id, self.limits) if job_id else None
+
+    def serve(self, on_job: Callable[[str, str], None] | None = None) -> None:
+        while not self._stop.is_set():
+            try:
+                job_id = claim_next(self.runtime, self.name)
+                if job_id is None:
+                    fail_abandoned(self.runtime)
+                    self._stop.wait(self.poll_seconds)
+                    continue
+                state = run_job(self.runtime, job_id, self.limits)
+                if on_job:
+                    on_job(job_id, state)
+            except Exception:  # the database went away for a moment: keep serving
+                log.exception("worker loop error")
+                self._stop.wait(self.poll_seconds)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve, name="job-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

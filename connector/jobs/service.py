@@ -1,0 +1,241 @@
+"""Submitting, reading and cancelling jobs.
+
+A submission is refused before anything is stored when its package is malformed or its
+signature does not verify against a registered team key; it is recorded as denied, with the
+policy's reasons, when the access policy says no; otherwise the package is kept (content
+addressed) and the job queued. Every outcome is audited with the model digest, the cohort hash
+and the policy version. Results are for their submitter only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+
+from connector.audit.log import utc_now_text
+from connector.compute.cohort_data import CohortFilter, select_studies
+from connector.compute.package import PackageError, read_package
+from connector.compute.package_signing import SignatureError, TeamKeyRegistry, verify_package_signature
+from connector.datasets.models import StudyRecord
+from connector.identity.principal import Principal
+from connector.jobs.models import FINAL_STATES, Job
+from connector.jobs.requests import JobRequest
+from connector.runtime import Runtime
+
+
+class JobRefused(Exception):
+    """The submission is malformed (package, signature, request); nothing was stored."""
+
+    def __init__(self, code: str, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.code, self.problems = code, problems
+
+
+class UnknownJob(LookupError):
+    """No such job, or not one the caller may see (the same answer, so ids cannot be probed)."""
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    state: str
+    dataset: str
+    purpose: str
+    model: str
+    package_digest: str
+    reasons: list[str]
+    error_code: str
+    policy_version: str
+    cohort_size: int
+    studies_total: int
+    studies_done: int
+    studies_skipped: int
+    created_at: str
+    started_at: str
+    finished_at: str
+    has_result: bool
+
+
+def view_of(job: Job) -> JobView:
+    return JobView(
+        id=job.id,
+        state=job.state,
+        dataset=job.dataset,
+        purpose=job.purpose,
+        model=job.model,
+        package_digest=job.package_digest,
+        reasons=json.loads(job.reasons),
+        error_code=job.error_code,
+        policy_version=job.policy_version,
+        cohort_size=job.cohort_size,
+        studies_total=job.studies_total,
+        studies_done=job.studies_done,
+        studies_skipped=job.studies_skipped,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        has_result=job.result is not None,
+    )
+
+
+def cohort_hash(dataset: str, study_uids: list[str]) -> str:
+    """A digest naming exactly which studies a job ran on (audited; reveals none of them)."""
+    digest = hashlib.sha256(dataset.encode() + b"\x00")
+    for uid in sorted(study_uids):
+        digest.update(uid.encode() + b"\x00")
+    return digest.hexdigest()
+
+
+def cohort_patients(runtime: Runtime, dataset: str, cohort: CohortFilter) -> int:
+    """Patients with a study matching the filter, before consent (the policy then excludes)."""
+    with runtime.sessions() as session:
+        everyone = set(
+            session.execute(
+                select(StudyRecord.patient_pseudonym).where(StudyRecord.dataset == dataset)
+            ).scalars()
+        )
+    return len({study.pseudonym for study in select_studies(runtime, dataset, cohort, everyone)})
+
+
+def submit(
+    runtime: Runtime, principal: Principal, request: JobRequest, package_bytes: bytes, signature: str
+) -> JobView:
+    """Check, decide, store and queue one job; JobRefused when the submission itself is unusable."""
+    try:
+        package = read_package(package_bytes)
+    except PackageError as exc:
+        raise JobRefused("invalid_package", exc.problems) from None
+    try:
+        signed = verify_package_signature(package_bytes, signature, TeamKeyRegistry(runtime.sessions))
+    except SignatureError as exc:
+        raise JobRefused(exc.code, [exc.detail]) from None
+    if not principal.organisation or not principal.country:
+        raise JobRefused(
+            "incomplete_identity",
+            ["your token must name your organisation and country (claims org, country)"],
+        )
+    cohort = request.cohort.to_filter()
+    document = {
+        "action": "access",
+        "dataset": request.dataset,
+        "purpose": request.purpose,
+        "requester": {
+            "id": principal.subject,
+            "organisation": principal.organisation,
+            "country": principal.country,
+        },
+        "permit": request.permit,
+        "cohort": {"size": cohort_patients(runtime, request.dataset, cohort)},
+    }
+    prepared = runtime.policy.access_input(document)
+    if isinstance(prepared, list):
+        raise JobRefused("invalid_request", prepared)
+    roles = sorted(str(role) for role in principal.roles)
+    decision = runtime.policy.decide("access", prepared, principal.subject, roles)
+    claims = prepared.get("permit_check", {}).get("claims", {})
+    job = Job(
+        id=uuid.uuid4().hex,
+        submitter=principal.subject,
+        organisation=principal.organisation,
+        country=principal.country,
+        dataset=request.dataset,
+        purpose=request.purpose,
+        cohort_filter=json.dumps(request.cohort.model_dump(), sort_keys=True),
+        access_input=json.dumps(prepared, sort_keys=True),
+        permit_expires=claims.get("expires") if isinstance(claims.get("expires"), int) else None,
+        package_key=f"models/{package.digest}.zip",
+        package_digest=package.digest,
+        team=signed.team,
+        team_key_id=signed.key_id,
+        model=f"{package.manifest.name}@{package.manifest.version}",
+        batch_size=request.batch_size,
+        state="queued" if decision.allow else "denied",
+        reasons=json.dumps(list(decision.reasons)),
+        error_code="" if decision.allow else "access_denied",
+        policy_version=decision.policy_version or "",
+        created_at=utc_now_text(),
+        finished_at="" if decision.allow else utc_now_text(),
+    )
+    if decision.allow:
+        # Content-addressed: the same package submitted twice is stored once.
+        runtime.objects.put(job.package_key, package_bytes)
+    with runtime.sessions() as session, session.begin():
+        session.add(job)
+    runtime.audit.record(
+        principal.subject,
+        "job.submit",
+        job.id,
+        "allow" if decision.allow else "deny",
+        reasons=list(decision.reasons),
+        roles=roles,
+        details={
+            "dataset": job.dataset,
+            "purpose": job.purpose,
+            "model_digest": job.package_digest,
+            "team": job.team,
+            "policy_version": job.policy_version,
+            "obligations": list(decision.obligations),
+        },
+    )
+    return view_of(job)
+
+
+def _owned(runtime: Runtime, job_id: str, principal: Principal | None) -> Job:
+    with runtime.sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None or (principal is not None and job.submitter != principal.subject):
+            raise UnknownJob(f"no job {job_id!r} of yours")
+        session.expunge(job)
+        return job
+
+
+def get_job(runtime: Runtime, job_id: str, principal: Principal | None = None) -> JobView:
+    """The job's status; with a principal, only when they submitted it."""
+    return view_of(_owned(runtime, job_id, principal))
+
+
+def list_jobs(runtime: Runtime, principal: Principal | None = None, limit: int = 100) -> list[JobView]:
+    with runtime.sessions() as session:
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if principal is not None:
+            query = query.where(Job.submitter == principal.subject)
+        return [view_of(job) for job in session.execute(query).scalars()]
+
+
+def cancel_job(runtime: Runtime, job_id: str, principal: Principal) -> JobView:
+    """A queued job is cancelled at once; a running one at its next batch (nothing released)."""
+    _owned(runtime, job_id, principal)
+    with runtime.sessions() as session, session.begin():
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(
+                state="cancelled",
+                finished_at=utc_now_text(),
+                reasons=json.dumps(["cancelled by its submitter"]),
+            )
+        )
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.state == "running").values(cancel_requested=True)
+        )
+    runtime.audit.record(principal.subject, "job.cancel", job_id, "success")
+    return get_job(runtime, job_id, principal)
+
+
+def result_of(runtime: Runtime, job_id: str, principal: Principal) -> str:
+    """The signed result (a JWS) of a finished job, for its submitter only."""
+    job = _owned(runtime, job_id, principal)
+    if job.result is None:
+        state = job.state if job.state in FINAL_STATES else f"{job.state} (not finished)"
+        raise UnknownJob(f"job {job_id} has no result: it is {state}")
+    runtime.audit.record(principal.subject, "job.result.download", job_id, "success")
+    return job.result
+
+
+def as_dict(view: JobView) -> dict[str, Any]:
+    return dict(view.__dict__)
