@@ -145,12 +145,20 @@ def worker() -> None:
     loaded = settings()
     configure_logging(loaded.log_level, loaded.log_format)
     with runtime_for(loaded) as runtime:
-        running = Worker(runtime, sandbox_limits(loaded), loaded.worker_poll_seconds)
-        console.print(f"worker {running.name} takes jobs (device {running.limits.device}); Ctrl-C stops it")
+        from connector.jobs.executors import executor_for
+
+        limits = sandbox_limits(loaded)
+        running = Worker(runtime, limits, loaded.worker_poll_seconds, executor_for(runtime, limits))
+        console.print(
+            f"worker {running.name} takes jobs ({running.executor.name} executor, device "
+            f"{running.limits.device}); Ctrl-C stops it"
+        )
         try:
             running.serve(on_job=lambda job_id, state: console.print(f"job {job_id}: {state}"))
         except KeyboardInterrupt:
             console.print("worker stopped")
+        finally:
+            running.executor.close()
 
 
 @app.command("verify-result")
@@ -709,10 +717,12 @@ def demo(
 def _register_subcommands() -> None:
     # The DPO's command groups live in their own module, which imports this one's helpers.
     from connector.cli_catalog import register as register_catalog
+    from connector.cli_jobs import register as register_jobs
     from connector.cli_policy import register as register_policy
 
     register_policy(app)
     register_catalog(app)
+    register_jobs(app)
 
 
 _register_subcommands()

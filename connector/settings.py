@@ -204,6 +204,13 @@ class Settings(BaseSettings):
         default=True, description="`connector serve` also runs a job worker (else run `connector worker`)."
     )
     worker_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="Where workers run claimed jobs: here, or on a Ray cluster."
+    )
+    ray_address: str | None = Field(
+        default=None, description='The Ray cluster ("ray://head:10001", "auto"); unset: a local Ray.'
+    )
+    ray_gpus_per_job: float = Field(default=0.0, ge=0, le=16, description="GPUs a job asks Ray for.")
     job_memory_bytes: int = Field(
         default=6 << 30, ge=256 << 20, description="Address space of a job's model process (CPU)."
     )

@@ -281,11 +281,19 @@ def sandbox_limits(settings: Any) -> SandboxLimits:
 
 
 class Worker:
-    """Takes jobs from the queue until stopped: `connector worker`, or a thread of `connector serve`."""
+    """Takes jobs from the queue until stopped: `connector worker`, or a thread of `connector serve`.
+    Each claimed job goes to the executor (default: run here; see connector.jobs.executors)."""
 
-    def __init__(self, runtime: Runtime, limits: SandboxLimits, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, runtime: Runtime, limits: SandboxLimits, poll_seconds: float = 1.0, executor: Any = None
+    ) -> None:
         self.runtime, self.limits, self.poll_seconds = runtime, limits, poll_seconds
         self.name = worker_name()
+        if executor is None:
+            from connector.jobs.executors import LocalExecutor
+
+            executor = LocalExecutor(runtime, limits)
+        self.executor = executor
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -293,7 +301,7 @@ class Worker:
         """Run the next queued job, if any; its final state."""
         fail_abandoned(self.runtime)
         job_id = claim_next(self.runtime, self.name)
-        return run_job(self.runtime, job_id, self.limits) if job_id else None
+        return self.executor.run(job_id) if job_id else None
 
     def serve(self, on_job: Callable[[str, str], None] | None = None) -> None:
         while not self._stop.is_set():
@@ -303,7 +311,7 @@ class Worker:
                     fail_abandoned(self.runtime)
                     self._stop.wait(self.poll_seconds)
                     continue
-                state = run_job(self.runtime, job_id, self.limits)
+                state = self.executor.run(job_id)
                 if on_job:
                     on_job(job_id, state)
             except Exception:  # the database went away for a moment: keep serving
