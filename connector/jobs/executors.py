@@ -43,5 +43,5 @@ def executor_for(runtime: Runtime, limits: SandboxLimits) -> JobExecutor:
     if runtime.settings.executor == "ray":
         from connector.jobs.ray_executor import RayExecutor
 
-        return RayExecutor(runtime.settings, limits)
+        return RayExecutor(runtime.settings, limits, runtime)
     return LocalExecutor(runtime, limits)

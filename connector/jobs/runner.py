@@ -89,21 +89,29 @@ def fail_abandoned(runtime: Runtime) -> int:
 
 def _update(runtime: Runtime, job_id: str, **values: Any) -> None:
     with runtime.sessions() as session, session.begin():
-        session.execute(update(Job).where(Job.id == job_id).values(**values))
+        session.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(**values))
 
 
-def _finish(
-    runtime: Runtime, job: Job, state: str, code: str, reasons: list[str], result: str | None = None
-) -> None:
-    _update(
-        runtime,
-        job.id,
-        state=state,
-        error_code=code,
-        reasons=json.dumps(reasons),
-        finished_at=utc_now_text(),
-        result=result,
-    )
+def finish_job(
+    runtime: Runtime, job_id: str, state: str, code: str, reasons: list[str], result: str | None = None
+) -> bool:
+    """End a running job (once): its final state, reasons and result, audited. False when the job
+    had already ended (a lost worker, another executor), so a late finisher never overwrites it."""
+    with runtime.sessions() as session, session.begin():
+        ended = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "running")
+            .values(
+                state=state,
+                error_code=code,
+                reasons=json.dumps(reasons),
+                finished_at=utc_now_text(),
+                result=result,
+            )
+        ).rowcount
+        job = session.get(Job, job_id)
+    if ended != 1 or job is None:
+        return False
     runtime.audit.record(
         f"worker:{job.worker}",
         f"job.{state}",
@@ -112,6 +120,13 @@ def _finish(
         reasons=reasons[:10],
         details={"code": code, "model_digest": job.package_digest, "cohort_hash": job.cohort_hash},
     )
+    return True
+
+
+def _finish(
+    runtime: Runtime, job: Job, state: str, code: str, reasons: list[str], result: str | None = None
+) -> None:
+    finish_job(runtime, job.id, state, code, reasons, result)
 
 
 class _Consent:
