@@ -351,3 +351,32 @@ def test_a_job_whose_worker_died_fails_and_releases_nothing(
     assert fail_abandoned(runtime) == 1
     job = client.get(f"/v1/jobs/{job_id}", headers=headers(runtime, Role.RESEARCHER)).json()
     assert job["state"] == "failed" and job["error_code"] == "worker_lost" and not job["has_result"]
+
+
+def test_a_permit_that_expires_before_the_start_denies_the_job(
+    client: TestClient, runtime: Runtime, signed_package: tuple[bytes, str]
+) -> None:
+    job_id = submit(client, runtime, signed_package).json()["id"]
+    with runtime.sessions() as session, session.begin():
+        session.get(Job, job_id).permit_expires = 1  # type: ignore[union-attr]
+    assert run_queue(runtime) == ["denied"]
+    job = client.get(f"/v1/jobs/{job_id}", headers=headers(runtime, Role.RESEARCHER)).json()
+    assert job["error_code"] == "permit_expired" and not job["has_result"]
+
+
+def test_each_decision_on_a_job_is_audited_with_its_model_and_cohort(
+    client: TestClient, runtime: Runtime, signed_package: tuple[bytes, str]
+) -> None:
+    job_id = submit(client, runtime, signed_package).json()["id"]
+    assert run_queue(runtime) == ["succeeded"]
+    with runtime.sessions() as session:
+        entries = {
+            row.action: json.loads(row.details)
+            for row in session.execute(select(AuditEntry).where(AuditEntry.object == job_id)).scalars()
+        }
+    digest = client.get(f"/v1/jobs/{job_id}", headers=headers(runtime, Role.RESEARCHER)).json()[
+        "package_digest"
+    ]
+    for action in ("job.decision.access", "job.decision.release"):
+        assert entries[action]["model_digest"] == digest
+        assert len(entries[action]["cohort_hash"]) == 64 and entries[action]["policy_version"]

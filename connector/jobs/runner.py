@@ -145,13 +145,31 @@ class _Consent:
         return self.included
 
 
+def _audit_decision(runtime: Runtime, job: Job, which: str, decision: Any) -> None:
+    # The policy service audits its input; this entry ties the decision to the job's model and cohort.
+    runtime.audit.record(
+        f"worker:{job.worker}",
+        f"job.decision.{which}",
+        job.id,
+        "allow" if decision.allow else "deny",
+        reasons=list(decision.reasons)[:10],
+        details={
+            "model_digest": job.package_digest,
+            "cohort_hash": job.cohort_hash,
+            "policy_version": decision.policy_version,
+        },
+    )
+
+
 def _decide_at_start(runtime: Runtime, job: Job, studies: list[CohortStudy], excluded: int) -> None:
     if job.permit_expires is not None and job.permit_expires < time.time():
         raise JobFailure("denied", "permit_expired", ["the data permit expired before the job started"])
     prepared = json.loads(job.access_input)
     prepared["cohort"]["size"] = len({study.pseudonym for study in studies})
     prepared["cohort"]["excluded"] = excluded
+    job.cohort_hash = cohort_hash(job.dataset, [study.study_uid for study in studies])
     decision = runtime.policy.decide("access", prepared, f"worker:{job.worker}", ["worker"])
+    _audit_decision(runtime, job, "access", decision)
     if not decision.allow:
         raise JobFailure("denied", "access_denied", [f"at start: {reason}" for reason in decision.reasons])
 
@@ -213,7 +231,6 @@ def _run(runtime: Runtime, job: Job, limits: SandboxLimits) -> None:
     _decide_at_start(runtime, job, studies, excluded)
     if not studies:
         raise JobFailure("failed", "empty_cohort", ["no study of the dataset matches the cohort query"])
-    job.cohort_hash = cohort_hash(job.dataset, [study.study_uid for study in studies])
     _update(
         runtime,
         job.id,
@@ -278,6 +295,7 @@ def _release(runtime: Runtime, job: Job, manifest: Any, kept: list[Any], patient
     document = build_result(kept, manifest, provenance, patients, suppress)
     release = {"action": "release", "dataset": job.dataset, "result": document.release}
     decision = runtime.policy.decide_release(release, f"worker:{job.worker}", ["worker"])
+    _audit_decision(runtime, job, "release", decision)
     if not decision.allow:
         raise JobFailure("failed", "egress_denied", [f"egress: {reason}" for reason in decision.reasons])
     body = {**document.body, "policy_version_at_release": decision.policy_version}
