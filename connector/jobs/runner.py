@@ -250,9 +250,16 @@ def _run(runtime: Runtime, job: Job, limits: SandboxLimits) -> None:
         done += count
         _update(runtime, job.id, studies_done=done, lease_until=time.time() + LEASE_SECONDS)
 
+    checked = {"at": 0.0, "cancel": False}
+
     def cancelled() -> bool:
-        with runtime.sessions() as session:
-            return bool(session.execute(select(Job.cancel_requested).where(Job.id == job.id)).scalar_one())
+        # Asked before each study: the database is read at most once a second, not per study.
+        if time.monotonic() - checked["at"] >= 1.0:
+            with runtime.sessions() as session:
+                query = select(Job.cancel_requested).where(Job.id == job.id)
+                checked["cancel"] = bool(session.execute(query).scalar_one())
+            checked["at"] = time.monotonic()
+        return checked["cancel"]
 
     with SandboxedModel(package_bytes, limits) as model:
         outputs, stats = run_model(
