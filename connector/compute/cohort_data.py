@@ -95,24 +95,30 @@ def select_studies(
         ]
 
 
-def decrypted_instances(runtime: Runtime, dataset: str, study: CohortStudy) -> list[pydicom.Dataset]:
-    """Every instance of the study, decrypted and parsed in memory (ObjectIntegrityError on any
-    object that fails authentication; the study's key is unwrapped once)."""
+def decrypted_instances(
+    runtime: Runtime, dataset: str, study: CohortStudy, modalities: Iterable[str] | None = None
+) -> list[pydicom.Dataset]:
+    """The study's instances (of `modalities` only, when given: nothing else is decrypted),
+    decrypted and parsed in memory; ObjectIntegrityError on any object that fails authentication.
+    The study's key is unwrapped once."""
     vault = DatasetVault(dataset, runtime.keys, runtime.sessions)
     data_key = vault.study_key(study.study_uid)
     with runtime.sessions() as session:
         objects = list(
             session.execute(
-                select(ObjectRecord.object_key, ObjectRecord.plain_sha256).where(
+                select(ObjectRecord.object_key, ObjectRecord.plain_sha256, ObjectRecord.modality).where(
                     ObjectRecord.dataset == dataset, ObjectRecord.study_uid == study.study_uid
                 )
             ).all()
         )
+    if modalities is not None:
+        wanted = set(modalities)
+        objects = [row for row in objects if row.modality in wanted]
     return [
         pydicom.dcmread(
             io.BytesIO(vault.decrypt(runtime.objects.get(key), data_key, study.study_uid, key, digest))
         )
-        for key, digest in objects
+        for key, digest, _ in objects
     ]
 
 
@@ -205,7 +211,8 @@ def cohort_inputs(
     for study in studies:
         try:
             yield StudyInput(
-                study.study_uid, study_tensor(decrypted_instances(runtime, dataset, study), spec)
+                study.study_uid,
+                study_tensor(decrypted_instances(runtime, dataset, study, spec.modalities), spec),
             )
         except StudySkipped as exc:
             yield StudyInput(study.study_uid, None, str(exc))

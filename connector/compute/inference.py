@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from connector.compute.cohort_data import StudyInput
@@ -117,30 +118,36 @@ def _prefetched(items: Iterable[StudyInput], depth: int = 4) -> Iterator[StudyIn
 
 
 def _per_study(output: torch.Tensor, manifest: Manifest) -> list[dict[str, float]]:
+    # numpy, not torch: torch's OpenMP threads in the worker would busy-wait after each small op,
+    # on the very cores the model process computes on.
     labels = manifest.output.labels
     spec = manifest.input
-    if not torch.isfinite(output).all():
+    values = output.detach().cpu().numpy()
+    if not np.isfinite(values).all():
         raise ModelOutputError("the model returned values that are not finite (NaN or infinity)")
-    if manifest.output.kind in ("classification", "aggregate-metrics") and output.ndim == 2:
-        if output.shape[1] != len(labels):
+    if manifest.output.kind in ("classification", "aggregate-metrics") and values.ndim == 2:
+        if values.shape[1] != len(labels):
             raise ModelOutputError(
-                f"the model returned {output.shape[1]} classes; the manifest names {len(labels)}"
+                f"the model returned {values.shape[1]} classes; the manifest names {len(labels)}"
             )
-        probabilities = torch.softmax(output.float(), dim=1)
+        shifted = np.exp(values - values.max(axis=1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
         return [dict(zip(labels, row.tolist(), strict=True)) for row in probabilities]
     expected = (len(labels), *spec.spatial_size)
-    if tuple(output.shape[1:]) != expected:
+    if tuple(values.shape[1:]) != expected:
         raise ModelOutputError(
-            f"the model returned shape {tuple(output.shape[1:])} per study; the manifest implies {expected}"
+            f"the model returned shape {tuple(values.shape[1:])} per study; the manifest implies {expected}"
         )
     # One label per voxel; its size in mL (3D) or mm² (2D) from the spacing the input was resampled to.
     voxel = math.prod(spec.spacing_mm) if spec.spacing_mm else 1.0
     scale = voxel / 1000.0 if spec.dimensions == 3 else voxel
-    winners = output.argmax(dim=1)
-    counts = torch.stack([(winners == index).flatten(1).sum(dim=1) for index in range(len(labels))], dim=1)
+    winners = values.argmax(axis=1).reshape(values.shape[0], -1)
     return [
-        {label: float(count) * scale for label, count in zip(labels, row.tolist(), strict=True)}
-        for row in counts
+        {
+            label: float(count) * scale
+            for label, count in zip(labels, np.bincount(row, minlength=len(labels)).tolist(), strict=False)
+        }
+        for row in winners
     ]
 
 
@@ -164,7 +171,10 @@ def run_model(
         nonlocal batches
         if not pending:
             return
-        result = predict(torch.stack([item.tensor for item in pending]))  # type: ignore[misc]
+        if should_stop and should_stop():
+            raise InterruptedError("the job was cancelled")
+        stacked = torch.from_numpy(np.stack([item.tensor.numpy() for item in pending]))  # type: ignore[union-attr]
+        result = predict(stacked)
         if result.shape[0] != len(pending):
             raise ModelOutputError(f"the model returned {result.shape[0]} outputs for {len(pending)} studies")
         for item, values in zip(pending, _per_study(result, manifest), strict=True):
@@ -175,8 +185,6 @@ def run_model(
         pending.clear()
 
     for item in _prefetched(inputs):
-        if should_stop and should_stop():
-            raise InterruptedError("the job was cancelled")
         if item.tensor is None:
             skipped[item.study_uid] = item.reason
             continue

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from sqlalchemy import select, update
 
 from connector.audit.log import utc_now_text
@@ -245,10 +246,16 @@ def _run(runtime: Runtime, job: Job, limits: SandboxLimits) -> None:
     done = 0
     dropped: set[str] = set()
 
+    written = {"at": float("-inf")}
+
     def progress(count: int) -> None:
+        # Written at most twice a second (and once at the end): a write per batch would cost a
+        # small model a fifth of its speed.
         nonlocal done
         done += count
-        _update(runtime, job.id, studies_done=done, lease_until=time.time() + LEASE_SECONDS)
+        if time.monotonic() - written["at"] >= 0.5:
+            _update(runtime, job.id, studies_done=done, lease_until=time.time() + LEASE_SECONDS)
+            written["at"] = time.monotonic()
 
     checked = {"at": 0.0, "cancel": False}
 
@@ -270,6 +277,7 @@ def _run(runtime: Runtime, job: Job, limits: SandboxLimits) -> None:
             on_batch=progress,
             should_stop=cancelled,
         )
+    _update(runtime, job.id, studies_done=done)
     # The last word on consent: anyone who opted out during the run leaves the result too.
     included = consent.refresh(force=True)
     patient_of = {study.study_uid: study.pseudonym for study in studies}
@@ -329,6 +337,10 @@ class Worker:
     ) -> None:
         self.runtime, self.limits, self.poll_seconds = runtime, limits, poll_seconds
         self.name = worker_name()
+        # A worker only prepares tensors and reads outputs; the model computes in its own process.
+        # Left at every core, torch's idle OpenMP threads here would busy-wait on the cores the
+        # model process needs (measured: 0.29 of the bare loop's speed for a small model).
+        torch.set_num_threads(1)
         if executor is None:
             from connector.jobs.executors import LocalExecutor
 
