@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
@@ -288,14 +287,15 @@ def test_429_retry_after_as_an_http_date(remote_catalog: RemoteCatalogServer) ->
     assert outcome.ok and len(waits) == 1 and 27 <= waits[0] <= 30
 
 
-def test_429_retry_after_is_capped_really_waiting(remote_catalog: RemoteCatalogServer) -> None:
+def test_429_retry_after_is_capped(remote_catalog: RemoteCatalogServer) -> None:
     remote_catalog.fail_next(1, status=429, retry_after="120")
-    started = time.monotonic()
-    outcome = push(remote_for(remote_catalog, retry_after_cap_seconds=0.3), "ds-1", turtle())
-    elapsed = time.monotonic() - started
+    waits: list[float] = []
+    outcome = push(
+        remote_for(remote_catalog, retry_after_cap_seconds=0.3), "ds-1", turtle(), sleep=waits.append
+    )
 
     assert outcome.ok and outcome.attempts == 2
-    assert 0.3 <= elapsed < 2.0
+    assert waits == [0.3]  # the cap, not the remote's 120 s
 
 
 def test_persistent_throttling_is_reported(remote_catalog: RemoteCatalogServer) -> None:
@@ -357,14 +357,11 @@ def test_a_record_that_does_not_parse_is_refused_by_the_remote(remote_catalog: R
 
 def test_timeout_gives_a_clear_error_after_every_attempt(remote_catalog: RemoteCatalogServer) -> None:
     remote_catalog.delay_seconds = 1.0
-    started = time.monotonic()
     outcome = push(remote_for(remote_catalog, timeout_seconds=0.2, retries=3), "ds-1", turtle())
-    elapsed = time.monotonic() - started
 
     assert not outcome.ok and outcome.status_code is None
     assert outcome.attempts == 3 and len(remote_catalog.requests) == 3
     assert outcome.error == "the remote catalog did not answer within 0.2 s (3 attempts)"
-    assert elapsed < 1.5
 
 
 def test_unreachable_remote_gives_a_clear_error(unreachable_url: str) -> None:

@@ -215,10 +215,8 @@ def test_server_down_bounded_retries(caplog: pytest.LogCaptureFixture) -> None:
         f"127.0.0.1:{port}", "ak", "the-secret", "bucket", secure=False, max_attempts=3, backoff_base=0.01
     )
     caplog.set_level(logging.WARNING, logger="connector.storage.s3")
-    started = time.monotonic()
     with pytest.raises(ObjectStoreError, match=r"after 3 attempts: cannot reach the server") as info:
         store.put("a", b"x")
-    assert time.monotonic() - started < 5
     assert "the-secret" not in str(info.value)
     assert len([r for r in caplog.records if "retrying" in r.getMessage()]) == 2
     with pytest.raises(ObjectStoreError, match="cannot reach"):
