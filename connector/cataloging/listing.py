@@ -9,7 +9,7 @@ withdrawn one as deprecated, so harvesters learn it is gone); drafts never are.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
@@ -35,7 +35,6 @@ class SearchFilters:
     country: tuple[str, ...] = ()
     age: int | None = None  # the banded age range contains this age
     include_withdrawn: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not any(getattr(self, name) for name in FACETS) and self.age is None

@@ -80,10 +80,11 @@ class StudySkipped(Exception):
 
 
 def select_studies(
-    runtime: Runtime, dataset: str, cohort: CohortFilter, included: Iterable[str]
+    runtime: Runtime, dataset: str, cohort: CohortFilter, included: Iterable[str] | None
 ) -> list[CohortStudy]:
-    """The dataset's studies that match `cohort`, of the patients in `included` only."""
-    allowed = set(included)
+    """The dataset's studies that match `cohort`, of the patients in `included` only (None: of
+    every patient, before consent, as the access decision counts them)."""
+    allowed = None if included is None else set(included)
     with runtime.sessions() as session:
         rows = session.execute(
             select(StudyRecord).where(StudyRecord.dataset == dataset).order_by(StudyRecord.study_uid)
@@ -91,7 +92,7 @@ def select_studies(
         return [
             CohortStudy(row.study_uid, row.patient_pseudonym)
             for row in rows
-            if row.patient_pseudonym in allowed and cohort.matches(row)
+            if (allowed is None or row.patient_pseudonym in allowed) and cohort.matches(row)
         ]
 
 

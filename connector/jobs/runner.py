@@ -124,12 +124,6 @@ def finish_job(
     return True
 
 
-def _finish(
-    runtime: Runtime, job: Job, state: str, code: str, reasons: list[str], result: str | None = None
-) -> None:
-    finish_job(runtime, job.id, state, code, reasons, result)
-
-
 class _Consent:
     """Who is still in the cohort: re-read from the consent policy every few seconds while a job runs."""
 
@@ -178,8 +172,7 @@ def _decide_at_start(runtime: Runtime, job: Job, studies: list[CohortStudy], exc
 def _inputs(
     runtime: Runtime, job: Job, studies: list[CohortStudy], consent: _Consent, spec: Any, dropped: set[str]
 ) -> Iterator[StudyInput]:
-    still_in = [study for study in studies]
-    for study in still_in:
+    for study in studies:
         if study.pseudonym not in consent.refresh():
             dropped.add(study.study_uid)  # opted out while the job ran: not read, not counted
             continue
@@ -196,37 +189,30 @@ def run_job(runtime: Runtime, job_id: str, limits: SandboxLimits) -> str:
         _run(runtime, job, limits)
         return "succeeded"
     except JobFailure as exc:
-        _finish(runtime, job, exc.state, exc.code, exc.reasons)
+        finish_job(runtime, job.id, exc.state, exc.code, exc.reasons)
         return exc.state
     except SandboxError as exc:
-        _finish(runtime, job, "failed", exc.code, [exc.detail])
+        finish_job(runtime, job.id, "failed", exc.code, [exc.detail])
     except ModelOutputError as exc:
-        _finish(runtime, job, "failed", "model_output", [str(exc)])
+        finish_job(runtime, job.id, "failed", "model_output", [str(exc)])
     except InterruptedError:
-        _finish(runtime, job, "cancelled", "cancelled", ["cancelled by its submitter; nothing was released"])
+        finish_job(
+            runtime, job.id, "cancelled", "cancelled", ["cancelled by its submitter; nothing was released"]
+        )
         return "cancelled"
     except PackageError as exc:
-        _finish(runtime, job, "failed", "invalid_package", exc.problems)
+        finish_job(runtime, job.id, "failed", "invalid_package", exc.problems)
     except Exception as exc:  # a job must end, whatever happened; the worker keeps serving
         log.exception("job failed unexpectedly", extra={"job": job.id})
-        _finish(
-            runtime, job, "failed", "internal_error", [f"the job failed: {type(exc).__name__}: {exc}"[:500]]
-        )
+        reason = f"the job failed: {type(exc).__name__}: {exc}"[:500]
+        finish_job(runtime, job.id, "failed", "internal_error", [reason])
     return "failed"
 
 
 def _run(runtime: Runtime, job: Job, limits: SandboxLimits) -> None:
     query = CohortFilter(**{name: tuple(values) for name, values in json.loads(job.cohort_filter).items()})
     consent = _Consent(runtime, job.dataset)
-    with runtime.sessions() as session:
-        from connector.datasets.models import StudyRecord
-
-        everyone = set(
-            session.execute(
-                select(StudyRecord.patient_pseudonym).where(StudyRecord.dataset == job.dataset)
-            ).scalars()
-        )
-    asked = select_studies(runtime, job.dataset, query, everyone)
+    asked = select_studies(runtime, job.dataset, query, None)
     studies = [study for study in asked if study.pseudonym in consent.included]
     excluded = len({s.pseudonym for s in asked}) - len({s.pseudonym for s in studies})
     _decide_at_start(runtime, job, studies, excluded)
@@ -314,7 +300,9 @@ def _release(runtime: Runtime, job: Job, manifest: Any, kept: list[Any], patient
     if not decision.allow:
         raise JobFailure("failed", "egress_denied", [f"egress: {reason}" for reason in decision.reasons])
     body = {**document.body, "policy_version_at_release": decision.policy_version}
-    _finish(runtime, job, "succeeded", "", list(decision.reasons), sign_result(body, runtime.signing_key))
+    finish_job(
+        runtime, job.id, "succeeded", "", list(decision.reasons), sign_result(body, runtime.signing_key)
+    )
 
 
 def sandbox_limits(settings: Any) -> SandboxLimits:

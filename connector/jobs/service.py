@@ -21,7 +21,6 @@ from connector.audit.log import utc_now_text
 from connector.compute.cohort_data import CohortFilter, select_studies
 from connector.compute.package import PackageError, read_package
 from connector.compute.package_signing import SignatureError, TeamKeyRegistry, verify_package_signature
-from connector.datasets.models import StudyRecord
 from connector.identity.principal import Principal
 from connector.jobs.models import FINAL_STATES, Job
 from connector.jobs.requests import JobRequest
@@ -93,13 +92,7 @@ def cohort_hash(dataset: str, study_uids: list[str]) -> str:
 
 def cohort_patients(runtime: Runtime, dataset: str, cohort: CohortFilter) -> int:
     """Patients with a study matching the filter, before consent (the policy then excludes)."""
-    with runtime.sessions() as session:
-        everyone = set(
-            session.execute(
-                select(StudyRecord.patient_pseudonym).where(StudyRecord.dataset == dataset)
-            ).scalars()
-        )
-    return len({study.pseudonym for study in select_studies(runtime, dataset, cohort, everyone)})
+    return len({study.pseudonym for study in select_studies(runtime, dataset, cohort, None)})
 
 
 def submit(
