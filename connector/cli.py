@@ -69,11 +69,12 @@ def settings() -> Settings:
 @contextmanager
 def runtime_for(loaded: Settings) -> Iterator:  # type: ignore[type-arg]
     """The assembled connector, with start-up failures turned into one readable line."""
+    from connector.dataspace.trust import TrustListError
     from connector.runtime import build_runtime
 
     try:
         runtime = build_runtime(loaded)
-    except (DatabaseUnavailable, KeyFileError, KeyStoreError) as exc:
+    except (DatabaseUnavailable, KeyFileError, KeyStoreError, TrustListError) as exc:
         raise _fail(str(exc)) from None
     try:
         yield runtime
@@ -717,12 +718,14 @@ def demo(
 def _register_subcommands() -> None:
     # The DPO's command groups live in their own module, which imports this one's helpers.
     from connector.cli_catalog import register as register_catalog
+    from connector.cli_dataspace import register as register_dataspace
     from connector.cli_jobs import register as register_jobs
     from connector.cli_policy import register as register_policy
 
     register_policy(app)
     register_catalog(app)
     register_jobs(app)
+    register_dataspace(app)
 
 
 _register_subcommands()

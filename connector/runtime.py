@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from connector.audit.log import AuditLog
 from connector.crypto.keystore import SealedFileKeyStore, decode_master_key, load_master_key
 from connector.crypto.signing import ConnectorSigningKey
+from connector.dataspace.trust import TrustList
 from connector.db.engine import DatabaseUnavailable, check_database, make_engine, session_factory
 from connector.db.migrate import current_revision, head_revision, upgrade
 from connector.identity.dev_issuer import DevIssuer
-from connector.identity.jwks import RemoteJwks, load_jwks_file
+from connector.identity.jwks import RemoteJwks, StaticJwks, load_jwks_file
 from connector.identity.verifier import TokenVerifier, TrustedIssuer
 from connector.policy.bundle import default_policies_dir
 from connector.policy.engine import EmbeddedOpaBackend, PolicyBackend
@@ -40,6 +41,7 @@ class Runtime:
     dev_issuer: DevIssuer | None
     keys: SealedFileKeyStore  # opened at start: a wrong master key stops everything, clearly
     permit_issuer: DevPermitIssuer | None  # the development HDAB, in development mode only
+    trust: TrustList  # the data space's participants (peer connectors)
     _policy: PolicyService | None = field(default=None, repr=False)
 
     @property
@@ -67,8 +69,21 @@ def _issuers(items: list[IssuerSettings]) -> list[TrustedIssuer]:
     ]
 
 
-def trusted_issuers(settings: Settings, dev_issuer: DevIssuer | None) -> list[TrustedIssuer]:
+def trusted_issuers(
+    settings: Settings, dev_issuer: DevIssuer | None, signing_key: ConnectorSigningKey | None = None
+) -> list[TrustedIssuer]:
     issuers = _issuers(settings.trusted_issuers)
+    if signing_key is not None:
+        # The job tokens a ComputeToData transfer hands a peer are signed by this connector itself
+        # and bound to the agreement (connector.dataspace.access_tokens).
+        own = {**signing_key.public_jwk, "kid": signing_key.key_id, "alg": "EdDSA", "use": "sig"}
+        issuers.append(
+            TrustedIssuer(
+                settings.connector_id,
+                StaticJwks({"keys": [own]}, "this connector's key"),
+                algorithms=("EdDSA",),
+            )
+        )
     if dev_issuer is not None:
         issuers.append(dev_issuer.trusted_issuer())
     return issuers
@@ -102,7 +117,7 @@ def build_runtime(settings: Settings) -> Runtime:
         else None
     )
     verifier = TokenVerifier(
-        trusted_issuers(settings, dev_issuer),
+        trusted_issuers(settings, dev_issuer, signing_key),
         audience=settings.audience,
         leeway_seconds=settings.token_leeway_seconds,
         max_lifetime_seconds=settings.token_max_lifetime_seconds,
@@ -121,6 +136,7 @@ def build_runtime(settings: Settings) -> Runtime:
         dev_issuer,
         keys,
         permit_issuer,
+        TrustList.load(settings.trust_list_file),
     )
 
 

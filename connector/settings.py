@@ -219,10 +219,30 @@ class Settings(BaseSettings):
         default=256 << 20, ge=1 << 20, le=4 << 30, description="Largest model package accepted."
     )
 
+    trust_list_file: Path | None = Field(
+        default=None,
+        description="The data space's trust list (JSON): peer connectors' identifiers, keys, countries.",
+    )
+    dsp_process_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=7 * 86400,
+        description="A DSP negotiation or transfer idle this long terminates.",
+    )
+    dsp_access_token_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=7 * 86400,
+        description="Lifetime of the job token a ComputeToData transfer hands out.",
+    )
+    dsp_request_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="How long we wait for a peer connector to answer."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("data_dir", "objects_dir", "policies_dir")
+    @field_validator("data_dir", "objects_dir", "policies_dir", "trust_list_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value is not None else None

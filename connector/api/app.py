@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from connector import __version__
 from connector.api.errors import install_error_handlers
 from connector.api.middleware import RequestContextMiddleware
-from connector.api.routers import admin, audit, catalog, health, jobs, me, policy
+from connector.api.routers import admin, audit, catalog, dsp, health, jobs, me, policy
 from connector.api.security import assert_every_route_declares_roles
 from connector.runtime import Runtime
 
@@ -35,6 +35,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         policy.router,
         catalog.router,
         jobs.router,
+        dsp.router,
     ):
         app.include_router(router)
     install_error_handlers(app)

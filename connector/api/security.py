@@ -49,6 +49,14 @@ def requires(*roles: Role) -> Callable[..., Principal]:
             log.warning("authentication failed", extra={"reason": exc.code, "path": request.url.path})
             raise
         request.scope.setdefault("state", {})["subject"] = principal.subject
+        if principal.issuer == runtime.settings.connector_id:
+            # Our own key signs only the job tokens of started DSP transfers: such a token is good
+            # for the jobs routes while its transfer is live, and for nothing else.
+            from connector.dataspace import access_tokens
+
+            if not request.url.path.startswith("/v1/jobs"):
+                raise ForbiddenError("a contract-agreement token is good for the jobs routes only")
+            access_tokens.check(runtime, principal, "jobs")
         try:
             require_roles(principal, allowed)
         except ForbiddenError as exc:

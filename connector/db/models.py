@@ -7,9 +7,11 @@ from connector.audit.models import AuditCheckpoint, AuditEntry, AuditHead
 from connector.cataloging.models import CatalogDocument, CatalogEntry, CatalogFacet, CatalogPublication
 from connector.compute.models import TeamKey
 from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
+from connector.dataspace.models import Agreement, Negotiation, SeenToken, Transfer
 from connector.policy.models import ConsentRecord, PolicyVersion, RevokedPermit
 
 __all__ = [
+    "Agreement",
     "AuditCheckpoint",
     "AuditEntry",
     "AuditHead",
@@ -19,9 +21,12 @@ __all__ = [
     "CatalogPublication",
     "ConsentRecord",
     "DatasetRecord",
+    "Negotiation",
     "ObjectRecord",
     "PolicyVersion",
     "RevokedPermit",
+    "SeenToken",
     "StudyRecord",
     "TeamKey",
+    "Transfer",
 ]

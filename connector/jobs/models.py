@@ -55,3 +55,5 @@ class Job(Base):
     started_at: Mapped[str] = mapped_column(String(32), default="")
     finished_at: Mapped[str] = mapped_column(String(32), default="")
     result: Mapped[str | None] = mapped_column(Text, nullable=True)  # the signed result (JWS)
+    # The DSP contract agreement a peer's job runs under ("" for jobs of local researchers).
+    agreement_id: Mapped[str] = mapped_column(String(64), default="", server_default="")

@@ -112,6 +112,7 @@ def submit(
             "incomplete_identity",
             ["your token must name your organisation and country (claims org, country)"],
         )
+    agreement_id = _agreement_of(runtime, principal, request)
     cohort = request.cohort.to_filter()
     document = {
         "action": "access",
@@ -153,6 +154,7 @@ def submit(
         policy_version=decision.policy_version or "",
         created_at=utc_now_text(),
         finished_at="" if decision.allow else utc_now_text(),
+        agreement_id=agreement_id,
     )
     if decision.allow:
         # Content-addressed: the same package submitted twice is stored once.
@@ -178,10 +180,48 @@ def submit(
     return view_of(job)
 
 
+def _agreement_of(runtime: Runtime, principal: Principal, request: JobRequest) -> str:
+    """The DSP agreement a peer's job runs under ("" for a local researcher); JobRefused when the
+    job asks for another dataset or purpose than the agreement grants."""
+    if principal.issuer != runtime.settings.connector_id:
+        return ""
+    from connector.dataspace import access_tokens
+    from connector.identity.errors import ForbiddenError
+
+    try:
+        access = access_tokens.check(runtime, principal, "jobs")
+    except ForbiddenError as exc:
+        raise JobRefused("not_under_agreement", [exc.detail]) from None
+    problems = []
+    if request.dataset != access.dataset:
+        problems.append(f"the contract agreement covers dataset {access.dataset}, not {request.dataset}")
+    if request.purpose != access.purpose:
+        problems.append(f"the contract agreement covers purpose {access.purpose}, not {request.purpose}")
+    if problems:
+        raise JobRefused("not_under_agreement", problems)
+    return access.agreement_id
+
+
+def _scope(runtime: Runtime, principal: Principal) -> str:
+    """The agreement a caller's jobs run under: a peer's token sees only that agreement's jobs, a
+    local researcher only jobs under none."""
+    if principal.issuer == runtime.settings.connector_id:
+        return str(principal.claims.get("agreement", ""))
+    return ""
+
+
+def _bound(runtime: Runtime, job: Job, principal: Principal | None) -> bool:
+    return principal is None or job.agreement_id == _scope(runtime, principal)
+
+
 def _owned(runtime: Runtime, job_id: str, principal: Principal | None) -> Job:
     with runtime.sessions() as session:
         job = session.get(Job, job_id)
-        if job is None or (principal is not None and job.submitter != principal.subject):
+        if (
+            job is None
+            or (principal is not None and job.submitter != principal.subject)
+            or not _bound(runtime, job, principal)
+        ):
             raise UnknownJob(f"no job {job_id!r} of yours")
         session.expunge(job)
         return job
@@ -196,7 +236,9 @@ def list_jobs(runtime: Runtime, principal: Principal | None = None, limit: int =
     with runtime.sessions() as session:
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if principal is not None:
-            query = query.where(Job.submitter == principal.subject)
+            query = query.where(
+                Job.submitter == principal.subject, Job.agreement_id == _scope(runtime, principal)
+            )
         return [view_of(job) for job in session.execute(query).scalars()]
 
 

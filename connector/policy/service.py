@@ -37,7 +37,7 @@ from connector.policy.consent import CohortSplit, split_cohort
 from connector.policy.decision import POLICIES, Decision, decision_from_document
 from connector.policy.engine import EmbeddedOpaBackend, PolicyBackend, PolicyEngineError, SqlDialect
 from connector.policy.models import RevokedPermit
-from connector.policy.permits import PermitVerifier
+from connector.policy.permits import PermitCheck, PermitVerifier
 from connector.policy.requests import parse_access, parse_release
 from connector.policy.testing import RegoTestReport, run_tests
 from connector.policy.versions import VersionInfo
@@ -302,6 +302,20 @@ class PolicyService:
             raise PolicyEngineError(NO_POLICY)
         document = self._backend.evaluate("connector.catalog.record", {"dataset": dataset, "counts": counts})
         return document if isinstance(document, dict) else None
+
+    def check_permit(self, permit: Any) -> PermitCheck:
+        """The signature and claims check of one data permit (no decision: the policy decides)."""
+        return self._permits.check(permit)
+
+    def copies_allowed(self, dataset: str) -> bool:
+        """Whether the dataset's terms allow encrypted copies to peers (never on an engine error)."""
+        try:
+            record = self.catalog_record(dataset, {})
+        except PolicyEngineError:
+            log.error("the copy terms could not be evaluated, treating copies as not allowed")
+            return False
+        offer = record.get("offer") if record else None
+        return isinstance(offer, dict) and offer.get("copies") is True
 
     # -- cohorts --------------------------------------------------------------------------------
 

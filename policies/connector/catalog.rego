@@ -7,6 +7,8 @@
 #   with input {"dataset": NAME, "counts": {"records": N, "individuals": M}} and gets
 #     {"offer": {"purposes": [...], "legal_basis": {...}, "countries": [...], "k": K},
 #      "counts": {"records": N or "<K", "individuals": M or "<K"}}
+#   "copies" in the offer says whether the dataset may also be transferred as an encrypted copy
+#   (the DSP EncryptedDataset-PULL format): only where the dataset's settings say "copies": true.
 #   The record is undefined when the dataset's settings are not valid (no catalog record then).
 package connector.catalog
 
@@ -36,7 +38,13 @@ offer := {
 	"legal_basis": legal_basis,
 	"countries": terms.countries,
 	"k": cohort.dataset_k(input.dataset),
+	"copies": copies,
 }
+
+# Compute-to-data is the only way in unless the DPO explicitly allows copies of the dataset.
+default copies := false
+
+copies if terms.copies == true
 
 # Every count the connector hands in, as the catalog may show it (the same small-cell rule as
 # everywhere: below k it becomes "<k"). A count that is not a whole number is left out.

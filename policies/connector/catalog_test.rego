@@ -14,6 +14,8 @@ settings := {
 		"with-prohibited": {"purposes": ["advertising", "scientific-research", "no-such-purpose"]},
 		"bad-basis": {"legal_basis": "because"},
 		"bad-k": {"k": 0},
+		"copyable": {"copies": true},
+		"copies-not-boolean": {"copies": "yes"},
 	},
 }
 
@@ -62,4 +64,10 @@ test_no_record_without_valid_terms if {
 	not record_for("bad-basis", {})
 	not record_for("bad-k", {})
 	not catalog.record with input as {"dataset": 42} with data.connector.settings as settings
+}
+
+test_copies_are_refused_unless_the_dataset_allows_them if {
+	record_for("any", {}).offer.copies == false
+	record_for("copies-not-boolean", {}).offer.copies == false
+	record_for("copyable", {}).offer.copies == true
 }

@@ -1,0 +1,117 @@
+"""The data space's trust list: the participants (peer connectors) this connector trusts, with
+their public keys, organisation, country and DSP address, as a trust anchor would publish them.
+
+It holds public keys only and refuses a file that holds a private one; it never fetches anything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connector.identity.jwks import StaticJwks
+
+
+class TrustListError(ValueError):
+    """The trust list file is unusable; the message names the file and the entry, never a key."""
+
+
+@dataclass(frozen=True)
+class Participant:
+    id: str
+    organisation: str
+    country: str  # ISO 3166-1 alpha-2, as the trust anchor vouches for it
+    signing_key: Mapping[str, str]  # public JWK (OKP Ed25519)
+    exchange_key: Mapping[str, str] | None  # public JWK (OKP X25519): re-wrapped study keys
+    dsp: str  # the participant's DSP base URL ("" when unknown)
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "id": self.id,
+            "organisation": self.organisation,
+            "country": self.country,
+            "signing_key": dict(self.signing_key),
+            "dsp": self.dsp,
+        }
+        if self.exchange_key is not None:
+            entry["exchange_key"] = dict(self.exchange_key)
+        return entry
+
+
+def _participant(entry: Any, where: str) -> Participant:
+    if not isinstance(entry, Mapping):
+        raise TrustListError(f"{where}: an entry must be an object")
+    text = {name: entry.get(name) for name in ("id", "organisation", "country")}
+    missing = [name for name, value in text.items() if not isinstance(value, str) or not value]
+    if missing:
+        raise TrustListError(f"{where}: missing or empty {', '.join(missing)}")
+    country = str(text["country"])
+    if len(country) != 2 or not country.isalpha() or not country.isupper():
+        raise TrustListError(f"{where}: country must be an ISO 3166-1 alpha-2 code such as DE")
+    signing = entry.get("signing_key")
+    if not isinstance(signing, Mapping) or signing.get("kty") != "OKP" or signing.get("crv") != "Ed25519":
+        raise TrustListError(f"{where}: signing_key must be a public Ed25519 JWK (kty OKP, crv Ed25519)")
+    if "d" in signing:
+        raise TrustListError(f"{where}: signing_key holds a private key; a trust list holds public keys only")
+    try:
+        StaticJwks({"keys": [{**signing, "alg": "EdDSA", "use": "sig"}]}, source=where)
+    except ValueError as exc:
+        raise TrustListError(f"{where}: signing_key is not usable ({exc})") from None
+    exchange = entry.get("exchange_key")
+    if exchange is not None and (
+        not isinstance(exchange, Mapping) or exchange.get("crv") != "X25519" or "d" in exchange
+    ):
+        raise TrustListError(f"{where}: exchange_key must be a public X25519 JWK")
+    dsp = entry.get("dsp", "")
+    if not isinstance(dsp, str):
+        raise TrustListError(f"{where}: dsp must be a URL")
+    return Participant(
+        id=str(text["id"]),
+        organisation=str(text["organisation"]),
+        country=country,
+        signing_key=dict(signing),
+        exchange_key=dict(exchange) if exchange is not None else None,
+        dsp=dsp.rstrip("/"),
+    )
+
+
+class TrustList:
+    """The participants this connector trusts, by identifier."""
+
+    def __init__(self, participants: list[Participant]) -> None:
+        self._by_id: dict[str, Participant] = {}
+        for participant in participants:
+            if participant.id in self._by_id:
+                raise TrustListError(f"participant {participant.id!r} is listed twice")
+            self._by_id[participant.id] = participant
+
+    @classmethod
+    def load(cls, path: Path | None) -> TrustList:
+        if path is None:
+            return cls([])
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise TrustListError(f"trust list {path} cannot be read: {exc.strerror}") from None
+        except ValueError as exc:
+            raise TrustListError(f"trust list {path} is not valid JSON: {exc}") from None
+        entries = document.get("participants") if isinstance(document, Mapping) else None
+        if not isinstance(entries, list):
+            raise TrustListError(f'trust list {path} must be an object with a "participants" list')
+        return cls(
+            [_participant(entry, f"trust list {path}, entry {i + 1}") for i, entry in enumerate(entries)]
+        )
+
+    def get(self, participant_id: str) -> Participant | None:
+        return self._by_id.get(participant_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def by_address(self, address: str) -> Participant | None:
+        """The participant whose DSP base URL `address` is (or starts with)."""
+        address = address.rstrip("/")
+        return next((p for p in self._by_id.values() if p.dsp and address.startswith(p.dsp)), None)
