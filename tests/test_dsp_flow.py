@@ -456,3 +456,37 @@ def test_a_provider_that_disappears_mid_negotiation_leaves_a_terminated_process(
         live.state, live.deadline = "REQUESTED", 0.0
     assert view.pid in expire_negotiations(consumer)
     assert get_negotiation(consumer, view.pid).state == "TERMINATED"
+
+
+def test_an_encrypted_copy_is_pulled_only_where_the_policy_allows_copies(tmp_path: Path) -> None:
+    from connector.dataspace.encrypted_copy import load_copy, open_copied
+
+    copyable = prepare_pair(tmp_path, copies=True)
+    with running(copyable):
+        provider, consumer = copyable.provider.runtime(), copyable.consumer.runtime()
+        try:
+            catalog = catalog_of(consumer, copyable)
+            assert [d["format"] for d in catalog["dataset"][0]["distribution"]] == [
+                "ComputeToData",
+                "EncryptedDataset-PULL",
+            ]
+            view = negotiate(copyable, provider, consumer)
+            assert view.state == "FINALIZED", view.reasons
+            transfer = start_transfer(consumer, view.agreement_id, m.ENCRYPTED_PULL)
+            transfer = wait_transfer(consumer, transfer.pid, {"COMPLETED", "TERMINATED"}, seconds=60)
+            assert transfer.state == "COMPLETED", transfer.reasons
+            copy_name = transfer.pid.removeprefix("urn:uuid:")
+            manifest = load_copy(consumer, copy_name)
+            assert manifest.objects
+            first = manifest.objects[0]
+            plaintext = open_copied(consumer, copy_name, first.key)
+            assert plaintext[128:132] == b"DICM"
+            # What the consumer holds at rest is the provider's ciphertext, never the plaintext.
+            stored = consumer.objects.get(f"peer-copies/{copy_name}/objects/{first.key}")
+            assert b"DICM" not in stored
+            # The copy token died with the transfer.
+            provider_view = wait_transfer(provider, transfer.peer_pid, {"COMPLETED"})
+            assert provider_view.state == "COMPLETED"
+        finally:
+            provider.close()
+            consumer.close()
