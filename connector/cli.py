@@ -122,6 +122,10 @@ def serve(
         runtime.audit.record(
             cli_actor(), "service.start", loaded.connector_id, "success", details={"version": __version__}
         )
+        from connector.dataspace.housekeeping import Housekeeper
+
+        housekeeper = Housekeeper(runtime)
+        housekeeper.start()
         worker = None
         if loaded.embedded_worker:
             from connector.jobs.runner import Worker, sandbox_limits
@@ -133,6 +137,7 @@ def serve(
                 create_app(runtime), host=host or loaded.host, port=port or loaded.port, log_config=None
             )
         finally:
+            housekeeper.stop()
             if worker is not None:
                 worker.stop()
 

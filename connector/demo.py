@@ -31,7 +31,9 @@ from connector.datasets.ingest import ingest
 from connector.datasets.shred import shred
 from connector.deid.options import DEFAULT_OPTIONS
 from connector.deid.summary import render_summary
+from connector.demo_dataspace import show_dataspace
 from connector.identity.roles import Role
+from connector.local_connector import free_port, write_trust_list
 from connector.observability.logging import configure_logging
 from connector.policy.bundle import PolicyBundle, default_policies_dir
 from connector.runtime import Runtime, build_runtime
@@ -62,14 +64,13 @@ def prepare_data_dir(data_dir: Path) -> None:
 
 
 @contextmanager
-def serving(runtime: Runtime) -> Iterator[str]:
-    """Run the real API on a free 127.0.0.1 port in a thread; yield its base URL."""
+def serving(runtime: Runtime, port: int) -> Iterator[str]:
+    """Run the real API on 127.0.0.1:`port` in a thread; yield its base URL."""
     # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
     # they are TCP, and with Nagle on every keep-alive response waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
+    sock.bind(("127.0.0.1", port))
     server = uvicorn.Server(uvicorn.Config(create_app(runtime), log_config=None, lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -257,8 +258,11 @@ def _submit(
     )
 
 
-def show_jobs(console: Console, client: httpx.Client, runtime: Runtime, tokens: dict[Role, str]) -> None:
-    """An AI team's signed model runs on the data; only a signed, policy-checked result leaves."""
+def show_jobs(
+    console: Console, client: httpx.Client, runtime: Runtime, tokens: dict[Role, str]
+) -> tuple[bytes, str]:
+    """An AI team's signed model runs on the data; only a signed, policy-checked result leaves.
+    Returns the team's signed package, which it later sends through its own connector."""
     from connector.compute.demo_model import demo_package
     from connector.compute.package_signing import generate_team_key
     from connector.jobs.runner import Worker, sandbox_limits
@@ -313,7 +317,7 @@ def show_jobs(console: Console, client: httpx.Client, runtime: Runtime, tokens: 
     )
     if job["state"] != "succeeded":
         console.print(f"  reasons: {'; '.join(job['reasons'])}")
-        return
+        return package, signature
     token = client.get(f"/v1/jobs/{submitted['id']}/result", headers=researcher).text
     from connector.jobs.results import verify_result
 
@@ -323,6 +327,7 @@ def show_jobs(console: Console, client: httpx.Client, runtime: Runtime, tokens: 
         f"{body['aggregate']['studies']} studies, predicted {body['aggregate']['predicted']}, "
         f"mean probabilities {body['aggregate']['mean']}"
     )
+    return package, signature
 
 
 def run_demo(data_dir: Path, patients: int, console: Console) -> None:
@@ -331,7 +336,14 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
     # The demo shows refusals on purpose; their log lines would only clutter its story.
     configure_logging("ERROR", "console")
     prepare_data_dir(data_dir)
-    settings = load_settings(data_dir=data_dir)
+    # The hospital's own address is known before anything is published: catalog IRIs, the DSP
+    # callbacks and job endpoints handed to peers all name it.
+    port = free_port()
+    trust_list = data_dir / "trust-list.json"
+    write_trust_list(trust_list, [])
+    settings = load_settings(
+        data_dir=data_dir, public_url=f"http://127.0.0.1:{port}", trust_list_file=trust_list
+    )
     console.print(
         Panel.fit("Imaging data-space connector: end-to-end demo (embedded defaults)", style="bold")
     )
@@ -384,7 +396,7 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
 
     console.rule("3. The connector service on 127.0.0.1")
     try:
-        with serving(runtime) as base, httpx.Client(base_url=base, timeout=30) as client:
+        with serving(runtime, port) as base, httpx.Client(base_url=base, timeout=30) as client:
             ready = client.get("/readyz").json()
             console.print(f"service at {base}: {ready['status']} {ready['checks']}")
 
@@ -417,9 +429,10 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
             show_policies(console, client, runtime, tokens, data_dir)
 
             show_catalog(console, client, tokens)
-            show_jobs(console, client, runtime, tokens)
+            package, signature = show_jobs(console, client, runtime, tokens)
+            show_dataspace(console, runtime, data_dir, package, signature)
 
-            console.rule("8. The DPO checks the tamper-evident audit trail")
+            console.rule("9. The DPO checks the tamper-evident audit trail")
             dpo = {"authorization": f"Bearer {tokens[Role.DPO]}"}
             client.post("/v1/audit/checkpoint", headers=dpo)
             entries = client.get("/v1/audit", params={"action": "auth.*"}, headers=dpo).json()["entries"]

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from connector.audit.log import AuditLog
 from connector.crypto.keystore import SealedFileKeyStore, decode_master_key, load_master_key
 from connector.crypto.signing import ConnectorSigningKey
-from connector.dataspace.trust import TrustList
+from connector.dataspace.trust import TrustList, TrustListFile
 from connector.db.engine import DatabaseUnavailable, check_database, make_engine, session_factory
 from connector.db.migrate import current_revision, head_revision, upgrade
 from connector.identity.dev_issuer import DevIssuer
@@ -41,8 +41,12 @@ class Runtime:
     dev_issuer: DevIssuer | None
     keys: SealedFileKeyStore  # opened at start: a wrong master key stops everything, clearly
     permit_issuer: DevPermitIssuer | None  # the development HDAB, in development mode only
-    trust: TrustList  # the data space's participants (peer connectors)
+    trust_file: TrustListFile  # the data space's participants (peer connectors), re-read on change
     _policy: PolicyService | None = field(default=None, repr=False)
+
+    @property
+    def trust(self) -> TrustList:
+        return self.trust_file.current()
 
     @property
     def policy(self) -> PolicyService:
@@ -136,7 +140,7 @@ def build_runtime(settings: Settings) -> Runtime:
         dev_issuer,
         keys,
         permit_issuer,
-        TrustList.load(settings.trust_list_file),
+        TrustListFile(settings.trust_list_file),
     )
 
 

@@ -1,28 +1,22 @@
-"""Two real connectors for the Dataspace Protocol tests (and benchmarks/dsp.py): a hospital
+"""Two real connectors for the Dataspace Protocol tests and benchmarks/dsp.py: a hospital
 (provider, "BE") and a research team's connector (consumer, "DE"), each its own `connector serve`
-process with its own data directory, SQLite database, keys and trust list, on 127.0.0.1.
+process (connector.local_connector) with its own data directory, SQLite database, keys and trust
+list, on 127.0.0.1.
 
 `prepare_pair(root)` builds both data directories (the provider with an ingested synthetic cohort,
 activated terms, a published catalog record and a registered AI-team key), writes each one's trust
-list naming the other, and returns their settings; `running(pair)` starts both services and stops
-them afterwards. Test helper only: it never binds anything but 127.0.0.1.
+list naming the other, and returns them; `running(pair)` starts both services and stops them
+afterwards.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 import catalog
 from catalog.steward_file import load_steward_fields
@@ -30,11 +24,10 @@ from connector.cataloging import service
 from connector.compute.demo_model import demo_package
 from connector.compute.package_signing import TeamKeyRegistry, generate_team_key
 from connector.datasets.ingest import ingest
-from connector.dataspace.identity import own_participant
 from connector.deid.options import DEFAULT_OPTIONS
+from connector.local_connector import LocalConnector, free_port, write_trust_list
 from connector.policy.bundle import PolicyBundle, default_policies_dir
-from connector.runtime import Runtime, build_runtime
-from connector.settings import load_settings
+from connector.runtime import Runtime
 from connector.synth import generate_cohort
 
 DATASET = "screening-ct"
@@ -45,60 +38,11 @@ EXAMPLE = Path(catalog.__file__).parent / "examples" / "demo-cohort.toml"
 
 
 @dataclass
-class Side:
-    name: str
-    data_dir: Path
-    port: int
-    connector_id: str
-    country: str
-    organisation: str
-    trust_list: Path
-    embedded_worker: bool
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def dsp(self) -> str:
-        return self.url + "/dsp"
-
-    def settings_overrides(self) -> dict[str, Any]:
-        return {
-            "data_dir": self.data_dir,
-            "port": self.port,
-            "public_url": self.url,
-            "connector_id": self.connector_id,
-            "country": self.country,
-            "organisation": self.organisation,
-            "trust_list_file": self.trust_list,
-            "embedded_worker": self.embedded_worker,
-            "dsp_process_timeout_seconds": 60.0,
-        }
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-        for key, value in self.settings_overrides().items():
-            env[f"CONNECTOR_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-        env["CONNECTOR_LOG_LEVEL"] = "WARNING"
-        return env
-
-    def runtime(self) -> Runtime:
-        return build_runtime(load_settings(**self.settings_overrides()))
-
-
-@dataclass
 class Pair:
-    provider: Side
-    consumer: Side
+    provider: LocalConnector
+    consumer: LocalConnector
     team_key: tuple[bytes, bytes]
     package: tuple[bytes, str]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def activate_terms(runtime: Runtime, **terms: Any) -> None:
@@ -111,7 +55,7 @@ def activate_terms(runtime: Runtime, **terms: Any) -> None:
 
 
 def prepare_pair(root: Path, patients: int = 3, **terms: Any) -> Pair:
-    provider = Side(
+    provider = LocalConnector(
         "provider",
         root / "hospital",
         free_port(),
@@ -119,9 +63,9 @@ def prepare_pair(root: Path, patients: int = 3, **terms: Any) -> Pair:
         "BE",
         "UZ Leuven",
         root / "hospital-trust.json",
-        True,
+        embedded_worker=True,
     )
-    consumer = Side(
+    consumer = LocalConnector(
         "consumer",
         root / "research",
         free_port(),
@@ -129,64 +73,28 @@ def prepare_pair(root: Path, patients: int = 3, **terms: Any) -> Pair:
         "DE",
         CONSUMER_ORG,
         root / "research-trust.json",
-        False,
     )
-    for side in (provider, consumer):
-        side.trust_list.write_text(json.dumps({"participants": []}))
     cohort = root / "cohort"
     generate_cohort(cohort, patients, seed=7)
     team_key = generate_team_key("EdDSA")
-    entries = {}
-    for side in (provider, consumer):
-        runtime = side.runtime()
-        try:
-            if side is provider:
-                ingest(runtime, cohort, DATASET, DEFAULT_OPTIONS)
-                activate_terms(runtime, **terms)
-                fields = load_steward_fields(EXAMPLE.read_text(encoding="utf-8"), str(EXAMPLE))
-                service.set_description(runtime, DATASET, fields, "steward")
-                service.publish_dataset(runtime, DATASET, [], "steward")
-                TeamKeyRegistry(runtime.sessions).register(TEAM, team_key[1], "steward")
-            entries[side.name] = own_participant(runtime).to_dict()
-        finally:
-            runtime.close()
-    provider.trust_list.write_text(json.dumps({"participants": [entries["consumer"]]}))
-    consumer.trust_list.write_text(json.dumps({"participants": [entries["provider"]]}))
+    runtime = provider.runtime()
+    try:
+        ingest(runtime, cohort, DATASET, DEFAULT_OPTIONS)
+        activate_terms(runtime, **terms)
+        fields = load_steward_fields(EXAMPLE.read_text(encoding="utf-8"), str(EXAMPLE))
+        service.set_description(runtime, DATASET, fields, "steward")
+        service.publish_dataset(runtime, DATASET, [], "steward")
+        TeamKeyRegistry(runtime.sessions).register(TEAM, team_key[1], "steward")
+    finally:
+        runtime.close()
+    write_trust_list(provider.trust_list, [consumer.participant_entry()])
+    write_trust_list(consumer.trust_list, [provider.participant_entry()])
     return Pair(provider, consumer, team_key, demo_package(team_key[0], TEAM))
 
 
 @contextmanager
-def serving(side: Side) -> Iterator[subprocess.Popen[bytes]]:
-    log = (side.data_dir.parent / f"{side.name}.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connector", "serve"], env=side.env(), stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the {side.name} connector exited: see {log.name}")
-            try:
-                if httpx.get(side.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the {side.name} connector did not start")
-            time.sleep(0.1)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-@contextmanager
 def running(pair: Pair) -> Iterator[Pair]:
-    with serving(pair.provider), serving(pair.consumer):
+    with pair.provider.serving(), pair.consumer.serving():
         yield pair
 
 

@@ -219,7 +219,7 @@ def test_a_cross_border_compute_to_data_job_runs_under_a_signed_agreement(
     end(consumer, transfer.pid, "TransferCompletionMessage", [])
     with pytest.raises(ConnectorError) as revoked:
         client.job(job.id)
-    assert revoked.value.status == 403
+    assert (revoked.value.status, revoked.value.code) == (403, "agreement_inactive")
 
 
 def test_a_request_for_every_purpose_gets_a_counter_offer_for_the_permits_purpose(

@@ -24,6 +24,12 @@ from connector.runtime import Runtime
 Scope = Literal["jobs", "copy"]
 
 
+class AgreementInactive(ForbiddenError):
+    """The token is ours but its transfer is not live (or is not a transfer token at all)."""
+
+    code = "agreement_inactive"
+
+
 @dataclass(frozen=True)
 class AgreementAccess:
     agreement_id: str
@@ -68,7 +74,7 @@ def check(runtime: Runtime, principal: Principal, scope: Scope) -> AgreementAcce
     claims = principal.claims
     agreement_id, transfer_pid = claims.get("agreement"), claims.get("transfer")
     if not isinstance(agreement_id, str) or not isinstance(transfer_pid, str) or claims.get("scope") != scope:
-        raise ForbiddenError(f"this token does not grant {scope} under a contract agreement")
+        raise AgreementInactive(f"this token does not grant {scope} under a contract agreement")
     with runtime.sessions() as session:
         transfer = session.get(Transfer, transfer_pid)
         agreement = session.get(Agreement, agreement_id)
@@ -78,9 +84,9 @@ def check(runtime: Runtime, principal: Principal, scope: Scope) -> AgreementAcce
         or transfer.role != "provider"
         or transfer.agreement_id != agreement_id
     ):
-        raise ForbiddenError("the transfer this token was issued for does not exist")
+        raise AgreementInactive("the transfer this token was issued for does not exist")
     if transfer.state != "STARTED":
-        raise ForbiddenError(f"the transfer this token was issued for is {transfer.state}, not STARTED")
+        raise AgreementInactive(f"the transfer this token was issued for is {transfer.state}, not STARTED")
     if agreement.valid_until < time.time():
-        raise ForbiddenError("the contract agreement has expired")
+        raise AgreementInactive("the contract agreement has expired")
     return AgreementAccess(agreement.id, transfer.pid, agreement.dataset, agreement.purpose, scope)

@@ -7,12 +7,16 @@ It holds public keys only and refuses a file that holds a private one; it never 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from connector.identity.jwks import StaticJwks
+
+log = logging.getLogger("connector.dataspace")
 
 
 class TrustListError(ValueError):
@@ -115,3 +119,42 @@ class TrustList:
         """The participant whose DSP base URL `address` is (or starts with)."""
         address = address.rstrip("/")
         return next((p for p in self._by_id.values() if p.dsp and address.startswith(p.dsp)), None)
+
+
+class TrustListFile:
+    """The trust list file, re-read when it changes: the trust anchor's updates (a new participant,
+    a rotated key, a removal) take effect without a restart. A file that has become unusable keeps
+    the last good list and logs why; a list that was never good raises at start."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._list = TrustList([])
+        self._lock = threading.Lock()
+        self._started = False
+        self.current()  # an unusable file stops start-up, clearly
+        self._started = True
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            stat = self._path.stat()
+        except OSError:
+            return (-1, -1)
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def current(self) -> TrustList:
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return self._list
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    self._list = TrustList.load(self._path)
+                except TrustListError as exc:
+                    if not self._started:
+                        raise
+                    log.error("the trust list changed but is unusable; keeping the previous one: %s", exc)
+                self._stamp = stamp
+        return self._list
