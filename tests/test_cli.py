@@ -135,6 +135,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "prohibited purpose (insurance-or-credit-decision): DENY" in flowing
     assert "no data permit: DENY" in flowing and "no data permit was presented" in flowing
     assert "cohort of 1 patient is below the minimum of 2" in flowing
+    # Across a border: the AI team's own connector, a second process, negotiates through DSP.
+    assert "contract request for purpose education: TERMINATED" in flowing
+    assert "contract request for purpose ai-development: FINALIZED" in flowing
+    assert "job succeeded under the agreement; signed result verified" in flowing
+    assert "its token is refused from now on (403 agreement_inactive)" in flowing
 
 
 def test_demo_refuses_to_wipe_a_folder_it_did_not_make(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from connector.client import ConnectorClient, ConnectorError
 from connector.dataspace import messages as m
+from connector.dataspace.housekeeping import Housekeeper
 from connector.dataspace.identity import peer_token
 from connector.dataspace.models import Agreement, Negotiation
 from connector.dataspace.negotiations import (
@@ -33,6 +34,7 @@ from connector.dataspace.negotiations import (
 from connector.dataspace.states import NEGOTIATION_FINAL
 from connector.dataspace.transfers import end, get_transfer, start_transfer
 from connector.jobs.models import Job
+from connector.local_connector import write_trust_list
 from connector.runtime import Runtime
 from tests import dsp_conformance
 from tests.dsp_connectors import DATASET, RESEARCHER, Pair, permit_for, prepare_pair, running
@@ -454,8 +456,30 @@ def test_a_provider_that_disappears_mid_negotiation_leaves_a_terminated_process(
     with consumer.sessions() as session, session.begin():
         live = session.execute(select(Negotiation).where(Negotiation.pid == view.pid)).scalar_one()
         live.state, live.deadline = "REQUESTED", 0.0
-    assert view.pid in expire_negotiations(consumer)
+    assert view.pid in Housekeeper(consumer, interval_seconds=1).run_once()
     assert get_negotiation(consumer, view.pid).state == "TERMINATED"
+    assert expire_negotiations(consumer) == []  # once terminated, it stays as it is
+
+
+def test_the_trust_list_is_re_read_when_the_trust_anchor_changes_it(pair: Pair, consumer: Runtime) -> None:
+    listed = json.loads(pair.provider.trust_list.read_text())
+    url = pair.provider.dsp + "/catalog/request"
+
+    def ask() -> httpx.Response:
+        return as_consumer(consumer, pair.provider.connector_id, "POST", url, m.catalog_request())
+
+    assert ask().status_code == 200
+    try:
+        write_trust_list(pair.provider.trust_list, [])  # the consumer is struck off
+        refused = ask()
+        assert refused.status_code == 401 and refused.json()["code"] == "untrusted_peer"
+        write_trust_list(pair.provider.trust_list, listed["participants"])
+        assert ask().status_code == 200
+        pair.provider.trust_list.write_text("{not json")  # a broken update keeps the last good list
+        assert ask().status_code == 200
+    finally:
+        write_trust_list(pair.provider.trust_list, listed["participants"])
+    assert ask().status_code == 200
 
 
 def test_an_encrypted_copy_is_pulled_only_where_the_policy_allows_copies(tmp_path: Path) -> None:
