@@ -282,6 +282,27 @@ def transfer_suspend(
     _end(pid, "TransferSuspensionMessage", reason)
 
 
+@transfer_app.command("resume")
+def transfer_resume(
+    pid: Annotated[str, typer.Argument(help="The transfer's id (ours).")], wait: WaitOption = 30.0
+) -> None:
+    """Ask the provider to start a suspended transfer again (it decides again; a fresh token)."""
+    from connector.dataspace.transfers import resume
+
+    with runtime_for(settings()) as runtime:
+        try:
+            view = resume(runtime, pid)
+        except DspError as exc:
+            raise _peer_failed(exc) from None
+        deadline = time.monotonic() + wait
+        while view.state == "SUSPENDED" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            view = get_transfer(runtime, pid)
+    _print_transfer(view, False)
+    if view.state != "STARTED":
+        raise typer.Exit(1)
+
+
 @transfer_app.command("terminate")
 def transfer_terminate(
     pid: Annotated[str, typer.Argument()],

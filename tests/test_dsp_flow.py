@@ -30,9 +30,10 @@ from connector.dataspace.negotiations import (
     expire_negotiations,
     get_negotiation,
     start_negotiation,
+    terminate,
 )
 from connector.dataspace.states import NEGOTIATION_FINAL
-from connector.dataspace.transfers import end, get_transfer, start_transfer
+from connector.dataspace.transfers import end, get_transfer, resume, start_transfer
 from connector.jobs.models import Job
 from connector.local_connector import write_trust_list
 from connector.runtime import Runtime
@@ -514,3 +515,75 @@ def test_an_encrypted_copy_is_pulled_only_where_the_policy_allows_copies(tmp_pat
         finally:
             provider.close()
             consumer.close()
+
+
+def test_a_suspended_transfer_refuses_its_token_until_resumed_and_a_provider_can_terminate_it(
+    pair: Pair, provider: Runtime, consumer: Runtime
+) -> None:
+    view = negotiate(pair, provider, consumer)
+    assert view.state == "FINALIZED", view.reasons
+    transfer = start_transfer(consumer, view.agreement_id, m.COMPUTE_TO_DATA)
+    transfer = wait_transfer(consumer, transfer.pid, {"STARTED", "TERMINATED"})
+    assert transfer.state == "STARTED", transfer.reasons
+    first = m.DataAddress.model_validate(transfer.data_address).property("authorization")
+
+    def jobs_with(token: str | None) -> int:
+        return httpx.get(
+            pair.provider.url + "/v1/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        ).status_code
+
+    assert jobs_with(first) == 200
+    suspended = end(consumer, transfer.pid, "TransferSuspensionMessage", ["pausing over the weekend"])
+    assert suspended.state == "SUSPENDED"
+    assert wait_transfer(provider, transfer.peer_pid, {"SUSPENDED"}).state == "SUSPENDED"
+    assert jobs_with(first) == 403
+
+    resume(consumer, transfer.pid)
+    resumed = wait_transfer(consumer, transfer.pid, {"STARTED", "TERMINATED"})
+    assert resumed.state == "STARTED", resumed.reasons
+    second = m.DataAddress.model_validate(resumed.data_address).property("authorization")
+    assert second != first and jobs_with(second) == 200
+
+    # The provider ends it: the consumer learns it, and neither token works any more.
+    ended = end(
+        provider, transfer.peer_pid, "TransferTerminationMessage", ["the hospital ends this transfer"]
+    )
+    assert ended.state == "TERMINATED"
+    assert wait_transfer(consumer, transfer.pid, {"TERMINATED"}).state == "TERMINATED"
+    assert get_transfer(consumer, transfer.pid).reasons == ["the hospital ends this transfer"]
+    assert jobs_with(second) == 403
+    # A terminated process takes no further message.
+    late = as_consumer(
+        consumer,
+        pair.provider.connector_id,
+        "POST",
+        pair.provider.dsp + f"/transfers/{transfer.peer_pid}/completion",
+        m.transfer_completion(transfer.peer_pid, transfer.pid),
+    )
+    assert late.status_code == 409 and conforms(late.json())["code"] == "illegal_transition"
+
+
+def test_the_consumer_can_terminate_a_live_negotiation_and_the_provider_follows(
+    pair: Pair, provider: Runtime, consumer: Runtime
+) -> None:
+    participant = consumer.trust.get(pair.provider.connector_id)
+    assert participant is not None
+    dataset_iri, offer = offer_of(catalog_of(consumer, pair))
+    view = start_negotiation(
+        consumer, participant, dataset_iri, offer, RESEARCHER, permit_for(provider), "ai-development"
+    )
+    ended = terminate(consumer, view.pid, ["we changed our minds"])
+    assert ended.state == "TERMINATED"
+    with provider.sessions() as session:
+        theirs = session.get(Negotiation, ended.peer_pid)
+    assert theirs is not None
+    deadline = time.monotonic() + 20
+    while theirs.state not in NEGOTIATION_FINAL and time.monotonic() < deadline:
+        time.sleep(0.05)
+        with provider.sessions() as session:
+            theirs = session.get(Negotiation, ended.peer_pid)
+    # However far the provider had got (it cannot finalize without our verification), it ends
+    # TERMINATED: with our reason, or because we refused its agreement once we had terminated.
+    assert theirs.state == "TERMINATED"
+    reasons = json.loads(theirs.reasons)
+    assert reasons == ["we changed our minds"] or "illegal_transition" in reasons[0], reasons

@@ -365,15 +365,7 @@ def receive(
     _audit(runtime, view, kind.removeprefix("Transfer").removesuffix("Message").lower(), "success", reasons)
     if view.role == "provider" and kind == "TransferStartMessage":
         # The consumer asks to resume: the provider decides again and starts with a fresh token.
-        def restart() -> None:
-            with runtime.sessions() as session, session.begin():
-                stored = _locked(session, pid)
-                if stored is None or stored.state != "SUSPENDED":
-                    return
-                stored.state = "REQUESTED"  # re-enter the start decision as a fresh request
-            provider_start(runtime, pid)
-
-        return view, restart
+        return view, lambda: provider_start(runtime, pid)
     if view.role == "consumer" and view.state == "STARTED" and view.format == m.ENCRYPTED_PULL:
         return view, lambda: pull_copy(runtime, pid)
     return view, None
@@ -400,6 +392,27 @@ def end(runtime: Runtime, pid: str, kind: str, reasons: list[str]) -> TransferVi
     except PeerError as exc:
         log.warning("the transfer message could not be delivered", extra={"process": pid, "error": str(exc)})
     return view
+
+
+def resume(runtime: Runtime, pid: str) -> TransferView:
+    """The consumer asks the provider to start a suspended transfer again (the provider decides
+    again and answers with a start message carrying a fresh token)."""
+    view = get_transfer(runtime, pid)
+    if view.role != "consumer":
+        raise DspError(400, "not_consumer", ["only the consumer asks to resume; a provider starts"])
+    move(runtime, pid, "TransferStartMessage", "consumer")
+    try:
+        call(
+            runtime,
+            view.peer,
+            "POST",
+            _address(runtime, pid) + _peer_path(view) + "/start",
+            m.transfer_start(view.provider_pid, view.consumer_pid),
+        )
+    except PeerError as exc:
+        raise DspError(502, exc.code, exc.reasons or [str(exc)]) from None
+    _audit(runtime, view, "resume", "success")
+    return get_transfer(runtime, pid)
 
 
 # --- Consumer -------------------------------------------------------------------------------------
