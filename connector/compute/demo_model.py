@@ -140,7 +140,9 @@ def _train(manifest: Manifest, seed: int, steps: int) -> bytes:
         torch.manual_seed(seed)
         model = build_network(manifest)
         generator = torch.Generator().manual_seed(seed)
-        optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+        # 2e-3: at 5e-3 some seeds stalled near chance on some CPUs (AVX512 summation order), 2e-3
+        # reaches >= 0.9 accuracy for every seed tried.
+        optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
         loss_function = nn.CrossEntropyLoss()
         model.train()
         for _ in range(steps):
