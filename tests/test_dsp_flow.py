@@ -587,3 +587,81 @@ def test_the_consumer_can_terminate_a_live_negotiation_and_the_provider_follows(
     assert theirs.state == "TERMINATED"
     reasons = json.loads(theirs.reasons)
     assert reasons == ["we changed our minds"] or "illegal_transition" in reasons[0], reasons
+
+
+def test_the_research_team_uses_the_cli_from_catalog_to_job_token(
+    pair: Pair, provider: Runtime, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from connector.cli import app
+
+    env = {key: value for key, value in pair.consumer.env().items() if key.startswith("CONNECTOR_")}
+    runner = CliRunner()
+    shown = runner.invoke(app, ["peer", "catalog", pair.provider.dsp, "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    catalog = conforms(json.loads(shown.output))
+    dataset_iri, offer = offer_of(catalog)
+    table = runner.invoke(app, ["peer", "catalog", pair.provider.dsp], env=env)
+    assert table.exit_code == 0 and "UZ Leuven (BE): urn:connector:hospital-leuven" in table.output
+
+    permit = tmp_path / "permit.jwt"
+    permit.write_text(permit_for(provider))
+    agreed = runner.invoke(
+        app,
+        [
+            "negotiate",
+            pair.provider.dsp,
+            "--dataset",
+            dataset_iri,
+            "--offer",
+            offer["@id"],
+            "--permit",
+            str(permit),
+            "--purpose",
+            "ai-development",
+            "--json",
+        ],
+        env=env,
+    )
+    assert agreed.exit_code == 0, agreed.output
+    outcome = json.loads(agreed.output)
+    assert outcome["state"] == "FINALIZED" and outcome["agreement"]
+
+    refused = runner.invoke(
+        app,
+        [
+            "negotiate",
+            pair.provider.dsp,
+            "--dataset",
+            dataset_iri,
+            "--offer",
+            offer["@id"],
+            "--permit",
+            str(permit),
+            "--purpose",
+            "education",
+            "--json",
+        ],
+        env=env,
+    )
+    assert refused.exit_code == 1
+    assert json.loads(refused.output)["state"] == "TERMINATED"
+
+    started = runner.invoke(
+        app, ["transfer", "start", "--agreement", outcome["agreement"], "--json"], env=env
+    )
+    assert started.exit_code == 0, started.output
+    transfer = json.loads(started.output)
+    assert transfer["state"] == "STARTED" and transfer["endpoint"] == pair.provider.url and transfer["token"]
+
+    unknown = runner.invoke(
+        app,
+        ["negotiate", "http://127.0.0.1:9/dsp", "--dataset", "x", "--offer", "y", "--permit", str(permit)],
+        env=env,
+    )
+    assert unknown.exit_code == 2 and "not the DSP address" in " ".join(unknown.output.split())
+    identity = runner.invoke(app, ["peer", "identity"], env=env)
+    assert json.loads(identity.output)["id"] == pair.consumer.connector_id
+    completed = runner.invoke(app, ["transfer", "complete", transfer["transfer"]], env=env)
+    assert completed.exit_code == 0 and "COMPLETED" in completed.output
