@@ -64,13 +64,14 @@ def prepare_data_dir(data_dir: Path) -> None:
 
 
 @contextmanager
-def serving(runtime: Runtime, port: int) -> Iterator[str]:
-    """Run the real API on 127.0.0.1:`port` in a thread; yield its base URL."""
+def serving(runtime: Runtime, port: int = 0) -> Iterator[str]:
+    """Run the real API on 127.0.0.1:`port` (0: a free one) in a thread; yield its base URL."""
     # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
     # they are TCP, and with Nagle on every keep-alive response waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(runtime), log_config=None, lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -231,7 +231,10 @@ def test_a_request_for_every_purpose_gets_a_counter_offer_for_the_permits_purpos
     view = negotiate(pair, provider, consumer, purpose=None)
     assert view.state == "FINALIZED", view.reasons
     assert view.purpose == "ai-development"
-    events = _audit_actions(consumer, view.pid)
+    # Each move is audited just after it is stored: give the last entry a moment to land.
+    deadline = time.monotonic() + 10
+    while len(events := _audit_actions(consumer, view.pid)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [a.rsplit(".", 1)[1] for a in events] == [
         "requested",
         "offered",

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,13 @@ from connector.dataspace.offers import (
     requested_purpose,
 )
 from connector.dataspace.peer_client import PeerError, call
-from connector.dataspace.states import NEGOTIATION_FINAL, IllegalTransition, Role, next_negotiation_state
+from connector.dataspace.states import (
+    NEGOTIATION_FINAL,
+    IllegalTransition,
+    ProcessSides,
+    Role,
+    next_negotiation_state,
+)
 from connector.dataspace.trust import Participant
 from connector.runtime import Runtime
 
@@ -65,7 +71,7 @@ class DspError(Exception):
 
 
 @dataclass(frozen=True)
-class NegotiationView:
+class NegotiationView(ProcessSides):
     pid: str
     role: str
     peer: str
@@ -79,14 +85,6 @@ class NegotiationView:
     policy_version: str
     created_at: str
     updated_at: str
-
-    @property
-    def provider_pid(self) -> str:
-        return self.pid if self.role == "provider" else self.peer_pid
-
-    @property
-    def consumer_pid(self) -> str:
-        return self.pid if self.role == "consumer" else self.peer_pid
 
 
 def _view(row: Negotiation) -> NegotiationView:
@@ -122,8 +120,8 @@ def _locked(session: Session, pid: str) -> Negotiation | None:
 
 
 def _audit(
-    runtime: Runtime, row: NegotiationView, action: str, outcome: str, reasons: list[str] = ()
-) -> None:  # type: ignore[assignment]
+    runtime: Runtime, row: NegotiationView, action: str, outcome: str, reasons: Sequence[str] = ()
+) -> None:
     runtime.audit.record(
         row.peer if row.role == "provider" else runtime.settings.connector_id,
         f"dsp.negotiation.{action}",
@@ -215,6 +213,27 @@ def terminate_locally(runtime: Runtime, pid: str, reasons: list[str]) -> None:
     except IllegalTransition:
         return
     _audit(runtime, view, "terminated", "failure", reasons)
+
+
+def _step_and_tell(
+    runtime: Runtime,
+    pid: str,
+    message: str,
+    sender: Role,
+    action: str,
+    path: Callable[[NegotiationView], str],
+    outgoing: Callable[[NegotiationView], dict[str, Any]],
+    **changes: Any,
+) -> None:
+    """Our own move (the state machine permitting), audited, then its message to the peer; a
+    peer that cannot take it ends the process on our side (see `_send`)."""
+    try:
+        view = move(runtime, pid, message, sender, **changes)
+    except IllegalTransition:
+        return  # the process moved on meanwhile (terminated, timed out): nothing to say
+    _audit(runtime, view, action, "success")
+    with contextlib.suppress(PeerError):
+        _send(runtime, view, path(view), outgoing(view))
 
 
 # --- Provider -------------------------------------------------------------------------------------
@@ -360,27 +379,17 @@ def provider_decide(runtime: Runtime, pid: str) -> None:
             _terminate_and_tell(runtime, view, "purpose_required", [reason])
             return
         counter = narrowed(ours, allowed[0], view.target)
-        try:
-            offered = move(
-                runtime,
-                pid,
-                "ContractOfferMessage",
-                "provider",
-                offer=json.dumps(counter),
-                purpose=allowed[0],
-            )
-        except IllegalTransition:
-            return
-        _audit(runtime, offered, "offered", "success")
-        try:
-            _send(
-                runtime,
-                offered,
-                f"/negotiations/{offered.consumer_pid}/offers",
-                m.contract_offer(offered.provider_pid, offered.consumer_pid, counter),
-            )
-        except PeerError:
-            return
+        _step_and_tell(
+            runtime,
+            pid,
+            "ContractOfferMessage",
+            "provider",
+            "offered",
+            lambda v: f"/negotiations/{v.consumer_pid}/offers",
+            lambda v: m.contract_offer(v.provider_pid, v.consumer_pid, counter),
+            offer=json.dumps(counter),
+            purpose=allowed[0],
+        )
         return
     decision = runtime.policy.decide_access(
         {
@@ -510,20 +519,15 @@ def receive_verification(runtime: Runtime, peer: PeerIdentity, pid: str) -> tupl
     _audit(runtime, view, "verified", "success")
 
     def finalize() -> None:
-        try:
-            final = move(runtime, pid, "FINALIZED", "provider")
-        except IllegalTransition:
-            return
-        _audit(runtime, final, "finalized", "success")
-        try:
-            _send(
-                runtime,
-                final,
-                f"/negotiations/{final.consumer_pid}/events",
-                m.negotiation_event(final.provider_pid, final.consumer_pid, "FINALIZED"),
-            )
-        except PeerError:
-            return
+        _step_and_tell(
+            runtime,
+            pid,
+            "FINALIZED",
+            "provider",
+            "finalized",
+            lambda v: f"/negotiations/{v.consumer_pid}/events",
+            lambda v: m.negotiation_event(v.provider_pid, v.consumer_pid, "FINALIZED"),
+        )
 
     return view, finalize
 
@@ -586,6 +590,9 @@ def start_negotiation(
     )
     with runtime.sessions() as session, session.begin():
         session.add(row)
+        opened = _view(row)
+    # Audited before sending: the provider's answer may arrive (and be audited) before our call returns.
+    _audit(runtime, opened, "requested", "success")
     callback = runtime.settings.public_url.rstrip("/") + "/dsp"
     try:
         answer = call(
@@ -604,9 +611,8 @@ def start_negotiation(
     with runtime.sessions() as session, session.begin():
         stored = _locked(session, pid)
         assert stored is not None
-        stored.peer_pid = process.providerPid
+        stored.peer_pid = stored.peer_pid or process.providerPid
         view = _view(stored)
-    _audit(runtime, view, "requested", "success")
     return view
 
 
@@ -664,22 +670,16 @@ def receive_offer(
                     ),
                 )
             return
-        try:
-            accepted = move(
-                runtime, pid, "ACCEPTED", "consumer", purpose=str(theirs["purpose"]["rightOperand"])
-            )
-        except IllegalTransition:
-            return
-        _audit(runtime, accepted, "accepted", "success")
-        try:
-            _send(
-                runtime,
-                accepted,
-                f"/negotiations/{accepted.provider_pid}/events",
-                m.negotiation_event(accepted.provider_pid, accepted.consumer_pid, "ACCEPTED"),
-            )
-        except PeerError:
-            return
+        _step_and_tell(
+            runtime,
+            pid,
+            "ACCEPTED",
+            "consumer",
+            "accepted",
+            lambda v: f"/negotiations/{v.provider_pid}/events",
+            lambda v: m.negotiation_event(v.provider_pid, v.consumer_pid, "ACCEPTED"),
+            purpose=str(theirs["purpose"]["rightOperand"]),
+        )
 
     return view, answer
 
@@ -762,20 +762,15 @@ def receive_agreement(
     _audit(runtime, view, "agreed", "success")
 
     def verify() -> None:
-        try:
-            verified = move(runtime, pid, "ContractAgreementVerificationMessage", "consumer")
-        except IllegalTransition:
-            return
-        _audit(runtime, verified, "verified", "success")
-        try:
-            _send(
-                runtime,
-                verified,
-                f"/negotiations/{verified.provider_pid}/agreement/verification",
-                m.agreement_verification(verified.provider_pid, verified.consumer_pid),
-            )
-        except PeerError:
-            return
+        _step_and_tell(
+            runtime,
+            pid,
+            "ContractAgreementVerificationMessage",
+            "consumer",
+            "verified",
+            lambda v: f"/negotiations/{v.provider_pid}/agreement/verification",
+            lambda v: m.agreement_verification(v.provider_pid, v.consumer_pid),
+        )
 
     return view, verify
 

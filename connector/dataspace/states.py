@@ -15,6 +15,22 @@ NEGOTIATION_FINAL = frozenset({"FINALIZED", "TERMINATED"})
 TRANSFER_FINAL = frozenset({"COMPLETED", "TERMINATED"})
 
 
+class ProcessSides:
+    """The two process ids of a DSP process, whichever side we are (mixed into the views)."""
+
+    pid: str  # ours
+    role: str  # provider | consumer
+    peer_pid: str  # theirs
+
+    @property
+    def provider_pid(self) -> str:
+        return self.pid if self.role == "provider" else self.peer_pid
+
+    @property
+    def consumer_pid(self) -> str:
+        return self.pid if self.role == "consumer" else self.peer_pid
+
+
 class IllegalTransition(Exception):
     """A message arrived that the process's state does not allow; the state is unchanged."""
 

@@ -32,7 +32,13 @@ from connector.dataspace.identity import PeerIdentity
 from connector.dataspace.models import Agreement, Negotiation, Transfer
 from connector.dataspace.negotiations import DspError, FollowUp, new_pid
 from connector.dataspace.peer_client import PeerError, call
-from connector.dataspace.states import TRANSFER_FINAL, IllegalTransition, Role, next_transfer_state
+from connector.dataspace.states import (
+    TRANSFER_FINAL,
+    IllegalTransition,
+    ProcessSides,
+    Role,
+    next_transfer_state,
+)
 from connector.runtime import Runtime
 
 log = logging.getLogger("connector.dataspace")
@@ -40,7 +46,7 @@ _NEVER = 1e18  # a deadline no clock reaches (kept finite: every database stores
 
 
 @dataclass(frozen=True)
-class TransferView:
+class TransferView(ProcessSides):
     pid: str
     role: str
     peer: str
@@ -52,14 +58,6 @@ class TransferView:
     reasons: list[str]
     created_at: str
     updated_at: str
-
-    @property
-    def provider_pid(self) -> str:
-        return self.pid if self.role == "provider" else self.peer_pid
-
-    @property
-    def consumer_pid(self) -> str:
-        return self.pid if self.role == "consumer" else self.peer_pid
 
 
 def _view(row: Transfer) -> TransferView:
@@ -446,6 +444,7 @@ def start_transfer(runtime: Runtime, agreement_id: str, fmt: str) -> TransferVie
                 deadline=_deadline(runtime, "REQUESTED"),
             )
         )
+    _audit(runtime, get_transfer(runtime, pid), "requested", "success")
     callback = runtime.settings.public_url.rstrip("/") + "/dsp"
     try:
         answer = call(
@@ -473,7 +472,6 @@ def start_transfer(runtime: Runtime, agreement_id: str, fmt: str) -> TransferVie
         if not stored.peer_pid:
             stored.peer_pid = process.providerPid
         view = _view(stored)
-    _audit(runtime, view, "requested", "success")
     return view
 
 
