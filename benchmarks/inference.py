@@ -23,6 +23,10 @@ object store in a temporary folder). It measures:
     gives it (emulated on this database: a cancellation read at most once a second, a progress
     write at most twice a second); and, as a diagnostic, with this (the worker's) process held to one torch
     thread (as `connector.jobs.runner.Worker` holds it);
+  - diagnostics of the sandbox alone, on the bare loop's batches (no run_model around it): one batch
+    at a time (``SandboxedModel(batch)``: the wire's round trip per batch), and pipelined
+    (``SandboxedModel.map``: the next batch sent before the answer to the current one is read, two
+    in flight), what run_model would get if it sent its batches that way;
   - end to end: ``run_model`` with ``SandboxedModel`` over ``cohort_inputs`` (decryption and
     transforms on the prefetch thread, meant to overlap with the model), the studies cycled.
 
@@ -597,6 +601,10 @@ def measure_model(
         "sandboxed": lambda: job(sandbox, job_inputs),
         "sandboxed+hooks": lambda: job(sandbox, job_inputs, with_hooks=True),
         "sandboxed, worker 1 thread": one_thread_worker,
+        "sandbox alone": lambda: sum(sandbox(batches[i % len(batches)]).shape[0] for i in range(count)),
+        "sandbox pipelined": lambda: sum(
+            output.shape[0] for output in sandbox.map(batches[i % len(batches)] for i in range(count))
+        ),
         "end to end": lambda: job(sandbox, cohort_inputs(runtime, DATASET, e2e_list, data.spec)),
     }
     if cuda:
@@ -622,6 +630,8 @@ def measure_model(
         "sandboxed": "job sandboxed: run_model + SandboxedModel",
         "sandboxed+hooks": "job sandboxed + the runner's DB hooks (emulated)",
         "sandboxed, worker 1 thread": "diagnostic: job sandboxed, worker process at 1 torch thread",
+        "sandbox alone": "diagnostic: SandboxedModel(batch) alone, one at a time",
+        "sandbox pipelined": "diagnostic: SandboxedModel.map alone, pipelined (2 in flight)",
         "end to end": f"end to end: cohort_inputs ({e2e_studies} studies) + sandboxed job",
     }
     rows = [
@@ -698,6 +708,8 @@ def print_verdicts(results: list[ModelResult], hooks: tuple[float, float]) -> No
             ("sandboxed", "sandboxed"),
             ("sandboxed+hooks", "sandboxed + runner hooks"),
             ("sandboxed, worker 1 thread", "sandboxed, worker at 1 thread"),
+            ("sandbox alone", "sandbox alone"),
+            ("sandbox pipelined", "sandbox alone pipelined"),
         ):
             extra = result.batch_size * (1 / result.rate(key) - 1 / bare) * 1e3
             parts.append(f"{label} {result.rate(key) / bare:.2f} ({extra:+.1f} ms/batch)")

@@ -1,10 +1,17 @@
 """A job's model in its own process: no network, bounded memory and time, killed on any breach.
 
 `SandboxedModel` starts `connector.compute.sandbox_child`, hands it the package and its limits,
-and then serves as a Predictor (connector.compute.inference): each batch goes over a pipe and
-the output comes back as raw float32, checked for shape and size before it is read. A crash, a
-timeout or a limit breach ends the process and raises SandboxError with a reason a researcher
-can act on; no partial output is ever returned. The worker's own process never loads the model.
+and then serves as a Predictor (connector.compute.inference): each batch is copied into a shared
+memory region (or, where there is none, sent over a pipe), a small header goes over the pipe, and
+the output comes back as raw float32, checked for shape and size and copied out before it is read.
+Batches can be pipelined (`submit`/`collect`, `map`): the next batch waits in the model process
+while it computes the current one, at most `depth` in flight, answers strictly in order.
+
+It must never return a partial output: a crash, a timeout or a limit breach ends the process and
+raises SandboxError with a reason a researcher can act on, and every later call raises it again
+(answers already read but not yet collected are dropped). The worker's own process never loads the
+model, never unpickles what the model process sends, and never busy-waits on it (it sleeps in
+select until the answer comes or the deadline passes).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -24,9 +33,14 @@ from typing import Any, BinaryIO
 import torch
 
 from connector.compute.sandbox_wire import (
+    PAGE,
+    SharedRegion,
     WireError,
+    as_float32,
+    page_round,
     read_message,
     read_tensor,
+    tensor_bytes,
     write_frame,
     write_message,
     write_tensor,
@@ -61,40 +75,58 @@ class _Deadline:
 
 
 class _TimedReader:
-    """A file-like reader of the child's stdout that gives up at a deadline (the child may hang)."""
+    """A file-like reader of the child's stdout that gives up at a deadline (the child may hang).
+
+    Buffered: one select and one read usually bring a whole answer (its length and header), where
+    reading each part on its own would cost a system call pair apiece."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._fd = stream.fileno()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._fd, selectors.EVENT_READ)
+        self._buffer = bytearray()
         self.deadline = _Deadline(0)
 
     def read(self, size: int) -> bytes:
-        chunks = []
-        while size:
+        while len(self._buffer) < size:
             left = self.deadline.left()
             if left <= 0 or not self._selector.select(timeout=left):
                 raise TimeoutError
-            chunk = os.read(self._fd, min(size, 1 << 20))
+            chunk = os.read(self._fd, min(max(size - len(self._buffer), 1 << 16), 1 << 20))
             if not chunk:
                 break
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+            self._buffer += chunk
+        data = bytes(memoryview(self._buffer)[:size])
+        del self._buffer[:size]
+        return data
 
 
 class SandboxedModel:
-    """The model of one package, running in a child process; use as a context manager."""
+    """The model of one package, running in a child process; use as a context manager.
 
-    def __init__(self, package_bytes: bytes, limits: SandboxLimits | None = None) -> None:
+    `model(batch)` runs one batch; `submit(batch)` and `collect()` (or `map(batches)`) keep up to
+    `depth` batches in flight, so that the model process never waits for the worker between them.
+    """
+
+    def __init__(self, package_bytes: bytes, limits: SandboxLimits | None = None, depth: int = 2) -> None:
         self._package = package_bytes
         self.limits = limits or SandboxLimits()
         self.device = self.limits.device
+        self.depth = max(1, depth)
         self.network = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: _TimedReader | None = None
         self._run_deadline = _Deadline(self.limits.seconds)
         self._stderr: list[bytes] = []
+        self._failed: SandboxError | None = None
+        # Shared memory: `depth` slots, each an input and an output area of the sizes below.
+        self._region: SharedRegion | None = None
+        self._input_room = 0
+        self._output_room = 0
+        self._output_wanted = 0  # learnt from an output too large for the room: used at the next layout
+        self._sent = 0
+        self._in_flight: deque[int] = deque()  # each sent batch's slot (-1: over the pipe), oldest first
+        self._answered: deque[torch.Tensor] = deque()  # answers read to make room, not yet collected
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -112,6 +144,7 @@ class SandboxedModel:
         environment["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         if self.device == "cpu":
             environment["CUDA_VISIBLE_DEVICES"] = ""
+        self._region = SharedRegion.create()
         self._process = subprocess.Popen(  # noqa: S603 (our own interpreter and module, no shell)
             [sys.executable, "-I", "-m", "connector.compute.sandbox_child"],
             stdin=subprocess.PIPE,
@@ -119,6 +152,7 @@ class SandboxedModel:
             stderr=subprocess.PIPE,
             env=environment,
             start_new_session=True,  # a kill reaches everything the model started
+            pass_fds=(self._region.fd,) if self._region else (),
         )
         assert self._process.stdin and self._process.stdout and self._process.stderr
         threading.Thread(target=self._drain_stderr, daemon=True).start()
@@ -134,6 +168,7 @@ class SandboxedModel:
                     "threads": threads,
                     "gpu_memory_fraction": self.limits.gpu_memory_fraction,
                     "max_package_bytes": len(self._package),
+                    **({"shared_fd": self._region.fd} if self._region else {}),
                 },
             )
             write_frame(self._process.stdin, self._package)
@@ -148,16 +183,23 @@ class SandboxedModel:
 
     def close(self) -> None:
         process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                assert process.stdin is not None
-                write_message(process.stdin, {"kind": "stop"})
-                process.wait(timeout=5)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
+        if process is not None and process.poll() is None:
+            if self._in_flight:
+                # Answers nobody will read (a cancelled or failed run): no point computing them.
                 self._kill()
+            else:
+                try:
+                    assert process.stdin is not None
+                    write_message(process.stdin, {"kind": "stop"})
+                    process.wait(timeout=5)
+                except (OSError, ValueError, subprocess.TimeoutExpired):
+                    self._kill()
         self._process = None
+        self._in_flight.clear()
+        self._answered.clear()
+        if self._region is not None:
+            self._region.close()
+            self._region = None
 
     def _kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -184,7 +226,11 @@ class SandboxedModel:
                 "SIGSEGV": "it crashed (segmentation fault)",
             }.get(name, f"it was ended by {name}")
             detail = f"{detail}: {reason}"
-        return SandboxError(code, detail)
+        # Sticky: nothing computed before the failure is handed out after it.
+        self._failed = SandboxError(code, detail)
+        self._in_flight.clear()
+        self._answered.clear()
+        return self._failed
 
     def _receive(self, seconds: float, doing: str) -> dict[str, Any]:
         assert self._reader is not None
@@ -202,25 +248,131 @@ class SandboxedModel:
             raise self._failure(code, str(message.get("detail", "the model failed"))[:2000])
         return message
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def _usable(self) -> None:
+        if self._failed is not None:
+            raise self._failed
         if self._process is None or self._process.stdin is None:
             raise SandboxError("model_failed", "the model process is not running")
+        if self._run_deadline.left() <= 0:
+            raise self._failure(
+                "timeout", f"the job ran longer than its limit of {self.limits.seconds:.0f} s"
+            )
+
+    @property
+    def in_flight(self) -> int:
+        """Batches submitted and not yet collected."""
+        return len(self._in_flight) + len(self._answered)
+
+    def _wait_for_all(self) -> None:
+        """Read every answer still due (kept in order for `collect`): the model process is idle after."""
+        while self._in_flight:
+            self._answered.append(self._answer())
+
+    def _slot_for(self, nbytes: int) -> int:
+        """The shared slot this batch goes to, laid out anew (when nothing is in flight) if the batch
+        or the outputs seen so far need more room; -1: over the pipe."""
+        region = self._region
+        if region is None:
+            # Over the pipe, one at a time: a large batch written while an answer is due could fill
+            # both pipes, each side waiting on the other.
+            self._wait_for_all()
+            return -1
+        if nbytes > self._input_room or self._output_wanted > self._output_room:
+            self._wait_for_all()  # the model process must not be using the old layout
+            input_room = max(self._input_room, page_round(nbytes))
+            output_room = max(self._output_room, self._output_wanted, PAGE)
+            try:
+                region.grow(self.depth * (input_room + output_room))
+            except (OSError, ValueError):  # no memory for it: this batch goes over the pipe
+                self._wait_for_all()
+                return -1
+            self._input_room, self._output_room = input_room, output_room
+        if len(self._in_flight) >= self.depth:
+            self._answered.append(self._answer())  # the oldest batch's slot is free once answered
+        return self._sent % self.depth
+
+    def submit(self, batch: torch.Tensor) -> None:
+        """Send `batch` to the model process; its output comes from `collect`, in submission order."""
+        self._usable()
+        assert self._process is not None and self._process.stdin is not None
+        array = as_float32(batch)
+        slot = self._slot_for(array.nbytes)
+        try:
+            if slot < 0:
+                write_tensor(self._process.stdin, batch)
+            else:
+                assert self._region is not None
+                offset = slot * (self._input_room + self._output_room)
+                shape = self._region.put(offset, array)
+                layout = {
+                    "size": self._region.size,
+                    "input": offset,
+                    "output": offset + self._input_room,
+                    "output_bytes": self._output_room,
+                }
+                write_message(self._process.stdin, {"kind": "tensor", "shape": shape, "shared": layout})
+        except (BrokenPipeError, OSError):
+            raise self._failure("model_failed", "the model process ended before taking a batch") from None
+        self._sent += 1
+        self._in_flight.append(slot)
+
+    def collect(self) -> torch.Tensor:
+        """The output of the oldest batch submitted and not yet collected (waiting for it if need be)."""
+        if self._failed is not None:
+            raise self._failed
+        if self._answered:
+            return self._answered.popleft()
+        if not self._in_flight:
+            raise RuntimeError("no batch was submitted that is not collected yet")
+        return self._answer()
+
+    def _answer(self) -> torch.Tensor:
+        slot = self._in_flight[0]
         left = self._run_deadline.left()
         if left <= 0:
             raise self._failure(
                 "timeout", f"the job ran longer than its limit of {self.limits.seconds:.0f} s"
             )
-        try:
-            write_tensor(self._process.stdin, batch)
-        except (BrokenPipeError, OSError):
-            raise self._failure("model_failed", "the model process ended before taking a batch") from None
         header = self._receive(left, "running a batch")
         if header.get("kind") != "tensor":
             raise self._failure("model_failed", "the model process answered out of protocol")
         assert self._reader is not None
         try:
-            return read_tensor(self._reader, header, self.limits.max_output_bytes)  # type: ignore[arg-type]
+            if header.get("shared") is True:
+                if slot < 0 or self._region is None:
+                    raise WireError("an answer in shared memory to a batch sent over the pipe")
+                shape, _ = tensor_bytes(header, min(self.limits.max_output_bytes, self._output_room))
+                offset = slot * (self._input_room + self._output_room) + self._input_room
+                output = self._region.take(offset, shape)
+            else:
+                output = read_tensor(self._reader, header, self.limits.max_output_bytes)  # type: ignore[arg-type]
+                # Room for such outputs at the next layout, so they need not come over the pipe again.
+                self._output_wanted = max(self._output_wanted, page_round(output.numel() * 4))
         except TimeoutError:
             raise self._failure("timeout", "the model process stopped in the middle of an answer") from None
         except WireError as exc:
             raise self._failure("model_failed", f"the model's output was refused: {exc}") from None
+        self._in_flight.popleft()
+        return output
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.in_flight:
+            raise RuntimeError("batches are in flight: collect them before running one on its own")
+        self.submit(batch)
+        return self.collect()
+
+    def map(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Each batch's output, in order, with up to `depth` batches in flight. Stopping early (the
+        run was cancelled) ends the model process: the answers still due are never read."""
+        finished = False
+        try:
+            for batch in batches:
+                if self.in_flight >= self.depth:
+                    yield self.collect()
+                self.submit(batch)
+            while self.in_flight:
+                yield self.collect()
+            finished = True
+        finally:
+            if not finished and self._failed is None and self.in_flight:
+                self._failure("cancelled", "the run stopped with batches in flight")

@@ -3,9 +3,12 @@
 It reads its limits and the model package from standard input, limits itself (address space and
 CPU time on the CPU, a share of GPU memory on CUDA), cuts itself off the network (a network
 namespace when the kernel allows it, and in any case Python's sockets refuse), loads the model
-weights-only, then answers each batch frame with the model's output frame. Any failure is
-reported as one error frame and the process exits; it never sees a key, a study UID or a
-pseudonym, only tensors, and never writes a file.
+weights-only, then answers each batch with the model's output, in the order the batches came (the
+worker may send the next batch before it reads an answer). Batches and outputs lie in the shared
+memory region the worker hands over (a memfd, see connector.compute.sandbox_wire) or, where there
+is none or an output does not fit, travel as frames on the pipes. Any failure is reported as one
+error frame and the process exits; it never sees a key, a study UID or a pseudonym, only tensors,
+and never writes a file (the shared region is memory the worker created, not a file).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import resource
 import socket
 import sys
 import traceback
-from typing import Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+
+if TYPE_CHECKING:  # imported in serve(): torch and numpy load after the limits are set
+    from connector.compute.sandbox_wire import SharedRegion
 
 CLONE_NEWNET = 0x40000000
 
@@ -58,19 +64,51 @@ def _error(stream: BinaryIO, code: str, detail: str) -> None:
     write_message(stream, {"kind": "error", "code": code, "detail": detail[:2000]})
 
 
+def _batch(
+    stdin: BinaryIO, header: dict[str, Any], region: SharedRegion | None
+) -> tuple[Any, dict[str, Any]]:
+    """The batch a header announces (read in place from shared memory, or from the pipe) and where
+    its output should go."""
+    import torch
+
+    from connector.compute.sandbox_wire import WireError, read_tensor, tensor_bytes
+
+    layout = header.get("shared")
+    if not isinstance(layout, dict):
+        return read_tensor(stdin, header), {}
+    if region is None:
+        raise WireError("a batch in shared memory, but no shared region was handed over")
+    size = layout.get("size")
+    if not isinstance(size, int) or size <= 0:
+        raise WireError("the shared region's size is not a positive whole number")
+    if size != region.size:
+        region.map(size)  # the worker grew it (nothing of the old layout is still in use)
+    shape, _ = tensor_bytes(header, region.size)
+    # In place: the worker does not touch this slot until it has read this batch's answer.
+    return torch.from_numpy(region.array(int(layout.get("input", -1)), shape)), layout
+
+
+def _answer(stdout: BinaryIO, output: Any, layout: dict[str, Any], region: SharedRegion | None) -> None:
+    from connector.compute.sandbox_wire import as_float32, write_message, write_tensor
+
+    array = as_float32(output)
+    room = layout.get("output_bytes", 0)
+    if region is not None and isinstance(room, int) and array.nbytes <= room:
+        shape = region.put(int(layout.get("output", -1)), array)
+        write_message(stdout, {"kind": "tensor", "shape": shape, "shared": True})
+    else:  # no region, or the output is larger than the room the worker set aside: the pipe
+        write_tensor(stdout, output)
+
+
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
-    from connector.compute.sandbox_wire import (
-        read_frame,
-        read_message,
-        read_tensor,
-        write_message,
-        write_tensor,
-    )
+    from connector.compute.sandbox_wire import SharedRegion, read_frame, read_message, write_message
 
     limits = read_message(stdin)
     limit_resources(limits)
     isolation = cut_network()
     package_bytes = read_frame(stdin, int(limits.get("max_package_bytes", 1 << 30)))
+    shared_fd = limits.get("shared_fd")
+    region = SharedRegion(shared_fd) if isinstance(shared_fd, int) and shared_fd > 2 else None
     try:
         import torch
 
@@ -90,14 +128,17 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     except Exception as exc:
         _error(stdout, "model_refused", f"{type(exc).__name__}: {exc}")
         return 2
+    del package_bytes
     write_message(stdout, {"kind": "ready", "network": isolation, "device": predict.device})
     while True:
         header = read_message(stdin)
         if header.get("kind") == "stop":
             return 0
-        batch = read_tensor(stdin, header)
+        batch, layout = _batch(stdin, header, region)
         try:
-            write_tensor(stdout, predict(batch))
+            output = predict(batch)
+            del batch  # no view of the region outlives its batch (the worker may remap it)
+            _answer(stdout, output, layout, region)
         except MemoryError:
             _error(stdout, "out_of_memory", "the model ran out of memory on a batch")
             return 3
