@@ -121,3 +121,40 @@ def test_a_cancelled_run_stops_between_batches() -> None:
 def test_the_device_is_cuda_only_when_present() -> None:
     assert choose_device("cpu").type == "cpu"
     assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class RecordingPipeline:
+    """A pipelined predictor (like the sandbox): records how many batches it held at once."""
+
+    device = "cpu"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.inner = InProcessPredictor(model, CPU)
+        self.queue: list[torch.Tensor] = []
+        self.most_in_flight = 0
+        self.calls = 0
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(batch)
+
+    def submit(self, batch: torch.Tensor) -> None:
+        self.queue.append(self.inner(batch))
+        self.most_in_flight = max(self.most_in_flight, len(self.queue))
+
+    def collect(self) -> torch.Tensor:
+        return self.queue.pop(0)
+
+
+def test_a_pipelined_predictor_gets_the_next_batch_before_the_last_is_read_and_outputs_are_unchanged() -> (
+    None
+):
+    model = small_densenet()
+    items = inputs(11, skip_every=4)
+    expected, expected_stats = run_model(InProcessPredictor(model, CPU), manifest(), items, batch_size=3)
+    pipeline = RecordingPipeline(model)
+    outputs, stats = run_model(pipeline, manifest(), items, batch_size=3)
+    assert pipeline.most_in_flight == 2 and pipeline.calls == 0 and not pipeline.queue
+    assert [o.study_uid for o in outputs] == [o.study_uid for o in expected]
+    assert [o.values for o in outputs] == [o.values for o in expected]
+    assert (stats.batches, stats.skipped) == (expected_stats.batches, expected_stats.skipped)

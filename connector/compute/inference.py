@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -58,6 +59,15 @@ class Predictor(Protocol):
     device: str
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PipelinedPredictor(Predictor, Protocol):
+    """A predictor that takes a batch before the previous one's output is read (the sandbox)."""
+
+    def submit(self, batch: torch.Tensor) -> None: ...
+
+    def collect(self) -> torch.Tensor: ...
 
 
 class InProcessPredictor:
@@ -166,22 +176,34 @@ def run_model(
     skipped: dict[str, str] = {}
     batches = 0
     pending: list[StudyInput] = []
+    # A sandboxed model takes the next batch while we read the last one's output: with one batch
+    # in flight, the model process never waits for this one between batches.
+    pipelined = isinstance(predict, PipelinedPredictor)
+    in_flight: deque[list[StudyInput]] = deque()
+
+    def take(items: list[StudyInput], result: torch.Tensor) -> None:
+        nonlocal batches
+        if result.shape[0] != len(items):
+            raise ModelOutputError(f"the model returned {result.shape[0]} outputs for {len(items)} studies")
+        for item, values in zip(items, _per_study(result, manifest), strict=True):
+            outputs.append(StudyOutput(item.study_uid, values))
+        batches += 1
+        if on_batch:
+            on_batch(len(items))
 
     def flush() -> None:
-        nonlocal batches
         if not pending:
             return
         if should_stop and should_stop():
             raise InterruptedError("the job was cancelled")
         stacked = torch.from_numpy(np.stack([item.tensor.numpy() for item in pending]))  # type: ignore[union-attr]
-        result = predict(stacked)
-        if result.shape[0] != len(pending):
-            raise ModelOutputError(f"the model returned {result.shape[0]} outputs for {len(pending)} studies")
-        for item, values in zip(pending, _per_study(result, manifest), strict=True):
-            outputs.append(StudyOutput(item.study_uid, values))
-        batches += 1
-        if on_batch:
-            on_batch(len(pending))
+        if pipelined:
+            predict.submit(stacked)  # type: ignore[attr-defined]
+            in_flight.append(list(pending))
+            if len(in_flight) > 1:
+                take(in_flight.popleft(), predict.collect())  # type: ignore[attr-defined]
+        else:
+            take(list(pending), predict(stacked))
         pending.clear()
 
     for item in _prefetched(inputs):
@@ -192,4 +214,6 @@ def run_model(
         if len(pending) >= batch_size:
             flush()
     flush()
+    while in_flight:
+        take(in_flight.popleft(), predict.collect())  # type: ignore[attr-defined]
     return outputs, RunStats(len(outputs), skipped, batches, predict.device)
