@@ -52,6 +52,7 @@ from connector.dataspace.states import (
     next_negotiation_state,
 )
 from connector.dataspace.trust import Participant
+from connector.policy.decision import Decision
 from connector.runtime import Runtime
 
 log = logging.getLogger("connector.dataspace")
@@ -391,21 +392,15 @@ def provider_decide(runtime: Runtime, pid: str) -> None:
             purpose=allowed[0],
         )
         return
-    decision = runtime.policy.decide_access(
-        {
-            "action": "access",
-            "dataset": view.dataset,
-            "purpose": purpose,
-            "requester": {
-                "id": actor,
-                "organisation": participant.organisation,
-                "country": participant.country,
-            },
-            "permit": permit or None,
-            "cohort": {"size": _cohort_size(runtime, view.dataset)},
-        },
-        actor=view.peer,
-        roles=["peer"],
+    decision = decide_for_peer(
+        runtime,
+        view.peer,
+        view.dataset,
+        purpose,
+        actor,
+        participant.organisation,
+        participant.country,
+        permit,
     )
     version = decision.policy_version or ""
     if not decision.allow:
@@ -467,10 +462,33 @@ def provider_decide(runtime: Runtime, pid: str) -> None:
         return
 
 
-def _cohort_size(runtime: Runtime, dataset: str) -> int:
+def decide_for_peer(
+    runtime: Runtime,
+    peer: str,
+    dataset: str,
+    purpose: str,
+    actor: str,
+    organisation: str,
+    country: str,
+    permit: str,
+) -> Decision:
+    """The access policy's decision on a peer's request, in the stable access-request format: the
+    person it acts for, the organisation and country the trust list vouches for, the permit it
+    presented, and the dataset's whole cohort (the policy excludes opted-out patients)."""
     from connector.jobs.service import cohort_patients
 
-    return cohort_patients(runtime, dataset, CohortFilter())
+    return runtime.policy.decide_access(
+        {
+            "action": "access",
+            "dataset": dataset,
+            "purpose": purpose,
+            "requester": {"id": actor, "organisation": organisation, "country": country},
+            "permit": permit or None,
+            "cohort": {"size": cohort_patients(runtime, dataset, CohortFilter())},
+        },
+        actor=peer,
+        roles=["peer"],
+    )
 
 
 def sign_agreement(runtime: Runtime, document: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from connector.dataspace import access_tokens
 from connector.dataspace import messages as m
 from connector.dataspace.identity import PeerIdentity
 from connector.dataspace.models import Agreement, Negotiation, Transfer
-from connector.dataspace.negotiations import DspError, FollowUp, new_pid
+from connector.dataspace.negotiations import DspError, FollowUp, decide_for_peer, new_pid
 from connector.dataspace.peer_client import PeerError, call
 from connector.dataspace.states import (
     TRANSFER_FINAL,
@@ -227,23 +227,15 @@ def receive_request(
 def _decide_again(
     runtime: Runtime, agreement: Agreement, negotiation: Negotiation, copy: bool
 ) -> tuple[bool, list[str]]:
-    from connector.jobs.service import cohort_patients
-
-    decision = runtime.policy.decide_access(
-        {
-            "action": "access",
-            "dataset": agreement.dataset,
-            "purpose": agreement.purpose,
-            "requester": {
-                "id": negotiation.actor,
-                "organisation": agreement.organisation,
-                "country": agreement.country,
-            },
-            "permit": negotiation.permit or None,
-            "cohort": {"size": cohort_patients(runtime, agreement.dataset, CohortFilter())},
-        },
-        actor=agreement.consumer,
-        roles=["peer"],
+    decision = decide_for_peer(
+        runtime,
+        agreement.consumer,
+        agreement.dataset,
+        agreement.purpose,
+        negotiation.actor,
+        agreement.organisation,
+        agreement.country,
+        negotiation.permit,
     )
     if not decision.allow:
         return False, list(decision.reasons)
