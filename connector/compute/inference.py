@@ -206,7 +206,10 @@ def run_model(
             take(list(pending), predict(stacked))
         pending.clear()
 
-    for item in _prefetched(inputs):
+    # About a batch ahead (at most 16 studies, so large 3D volumes stay bounded in memory): with
+    # fewer, the producer thread wants the GIL between every two studies of a batch and each
+    # hand-off stalls the stacking (0.22 -> 0.14 ms of worker time per batch of 8 small images).
+    for item in _prefetched(inputs, depth=min(batch_size, 16) + 2):
         if item.tensor is None:
             skipped[item.study_uid] = item.reason
             continue
