@@ -274,82 +274,40 @@ def test_the_providers_policy_refuses_with_its_reasons(
     assert view.agreement_id == ""
 
 
-def test_untrusted_replayed_and_expired_identities_are_refused(
-    pair: Pair, consumer: Runtime, tmp_path: Path
-) -> None:
+def test_untrusted_replayed_and_expired_identities_are_refused(pair: Pair, consumer: Runtime) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     url = pair.provider.dsp + "/catalog/request"
-    anonymous = httpx.post(url, json=m.catalog_request(), timeout=10)
+
+    def ask(token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(url, json=m.catalog_request(), headers=headers, timeout=10)
+
+    def signed(issuer: str, key: Any, jti: str, issued: int, lifetime: int = 60) -> str:
+        claims = {"iss": issuer, "sub": issuer, "aud": pair.provider.connector_id, "iat": issued}
+        return jwt.encode({**claims, "exp": issued + lifetime, "jti": jti}, key, algorithm="EdDSA")
+
+    anonymous = ask(None)
     assert anonymous.status_code == 401 and conforms(anonymous.json())["code"] == "missing_token"
 
     token = peer_token(consumer, pair.provider.connector_id)
-    first = httpx.post(
-        url, json=m.catalog_request(), headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
-    again = httpx.post(
-        url, json=m.catalog_request(), headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
+    first, again = ask(token), ask(token)
     assert first.status_code == 200
     assert again.status_code == 401 and again.json()["code"] == "replayed_token"
 
-    wrong_audience = peer_token(consumer, "urn:connector:someone-else")
-    answer = httpx.post(
-        url, json=m.catalog_request(), headers={"Authorization": f"Bearer {wrong_audience}"}, timeout=10
-    )
+    answer = ask(peer_token(consumer, "urn:connector:someone-else"))
     assert answer.status_code == 401 and answer.json()["code"] == "wrong_audience"
 
     now = int(time.time())
-    expired = jwt.encode(
-        {
-            "iss": pair.consumer.connector_id,
-            "sub": pair.consumer.connector_id,
-            "aud": pair.provider.connector_id,
-            "iat": now - 600,
-            "exp": now - 300,
-            "jti": "expired-token-1",
-        },
-        consumer.signing_key.jws_key,
-        algorithm="EdDSA",
-    )
-    answer = httpx.post(
-        url, json=m.catalog_request(), headers={"Authorization": f"Bearer {expired}"}, timeout=10
-    )
+    me = pair.consumer.connector_id
+    answer = ask(signed(me, consumer.signing_key.jws_key, "expired-token-1", now - 600, lifetime=300))
     assert answer.status_code == 401 and answer.json()["code"] == "expired_token"
 
     # A stranger with a key of its own, claiming to be the consumer, fails the signature check.
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    forged = jwt.encode(
-        {
-            "iss": pair.consumer.connector_id,
-            "sub": pair.consumer.connector_id,
-            "aud": pair.provider.connector_id,
-            "iat": now,
-            "exp": now + 60,
-            "jti": "forged-token-1",
-        },
-        Ed25519PrivateKey.generate(),
-        algorithm="EdDSA",
-    )
-    answer = httpx.post(
-        url, json=m.catalog_request(), headers={"Authorization": f"Bearer {forged}"}, timeout=10
-    )
+    answer = ask(signed(me, Ed25519PrivateKey.generate(), "forged-token-1", now))
     assert answer.status_code == 401 and answer.json()["code"] == "invalid_signature"
 
-    stranger = jwt.encode(
-        {
-            "iss": "urn:connector:stranger",
-            "sub": "urn:connector:stranger",
-            "aud": pair.provider.connector_id,
-            "iat": now,
-            "exp": now + 60,
-            "jti": "stranger-token-1",
-        },
-        Ed25519PrivateKey.generate(),
-        algorithm="EdDSA",
-    )
-    answer = httpx.post(
-        url, json=m.catalog_request(), headers={"Authorization": f"Bearer {stranger}"}, timeout=10
-    )
+    answer = ask(signed("urn:connector:stranger", Ed25519PrivateKey.generate(), "stranger-token-1", now))
     assert answer.status_code == 401 and answer.json()["code"] == "untrusted_peer"
 
 

@@ -49,11 +49,11 @@ def requires(*roles: Role) -> Callable[..., Principal]:
             log.warning("authentication failed", extra={"reason": exc.code, "path": request.url.path})
             raise
         request.scope.setdefault("state", {})["subject"] = principal.subject
-        if principal.issuer == runtime.settings.connector_id:
+        from connector.dataspace import access_tokens
+
+        if access_tokens.is_agreement_token(runtime, principal):
             # Our own key signs only the job tokens of started DSP transfers: such a token is good
             # for the jobs routes while its transfer is live, and for nothing else.
-            from connector.dataspace import access_tokens
-
             if not request.url.path.startswith("/v1/jobs"):
                 raise ForbiddenError("a contract-agreement token is good for the jobs routes only")
             access_tokens.check(runtime, principal, "jobs")

@@ -77,6 +77,7 @@ class NegotiationView(ProcessSides):
     role: str
     peer: str
     peer_pid: str
+    peer_address: str  # the peer's DSP base URL (its callback, or its endpoint)
     state: str
     dataset: str
     target: str
@@ -94,6 +95,7 @@ def _view(row: Negotiation) -> NegotiationView:
         role=row.role,
         peer=row.peer,
         peer_pid=row.peer_pid,
+        peer_address=row.peer_address,
         state=row.state,
         dataset=row.dataset,
         target=row.target,
@@ -193,10 +195,8 @@ def _send(
     claims: dict[str, Any] | None = None,
 ) -> None:
     """Deliver a message to the peer; on failure our side terminates (the peer refused or is gone)."""
-    with runtime.sessions() as session:
-        address = session.get(Negotiation, view.pid).peer_address  # type: ignore[union-attr]
     try:
-        call(runtime, view.peer, "POST", address + path, message, claims)
+        call(runtime, view.peer, "POST", view.peer_address + path, message, claims)
     except PeerError as exc:
         reason = (
             "the peer connector could not be reached"
@@ -330,17 +330,11 @@ def _terminate_and_tell(
             runtime,
             ended.peer,
             "POST",
-            _address(runtime, ended.pid) + f"/negotiations/{ended.consumer_pid}/termination",
+            ended.peer_address + f"/negotiations/{ended.consumer_pid}/termination",
             m.negotiation_termination(ended.provider_pid, ended.consumer_pid, code, reasons),
         )
     except PeerError as exc:
         log.warning("the termination could not be delivered", extra={"process": ended.pid, "error": str(exc)})
-
-
-def _address(runtime: Runtime, pid: str) -> str:
-    with runtime.sessions() as session:
-        row = session.get(Negotiation, pid)
-        return row.peer_address if row else ""
 
 
 def provider_decide(runtime: Runtime, pid: str) -> None:
@@ -682,7 +676,7 @@ def receive_offer(
                     runtime,
                     ended.peer,
                     "POST",
-                    _address(runtime, pid) + f"/negotiations/{ended.provider_pid}/termination",
+                    ended.peer_address + f"/negotiations/{ended.provider_pid}/termination",
                     m.negotiation_termination(
                         ended.provider_pid, ended.consumer_pid, "offer_refused", reasons
                     ),
@@ -815,7 +809,7 @@ def terminate(runtime: Runtime, pid: str, reasons: list[str]) -> NegotiationView
                 runtime,
                 view.peer,
                 "POST",
-                _address(runtime, pid) + f"/negotiations/{target}/termination",
+                view.peer_address + f"/negotiations/{target}/termination",
                 m.negotiation_termination(view.provider_pid, view.consumer_pid, "terminated", reasons),
             )
         except PeerError as exc:

@@ -51,6 +51,7 @@ class TransferView(ProcessSides):
     role: str
     peer: str
     peer_pid: str
+    peer_address: str  # the peer's DSP base URL (its callback, or its endpoint)
     agreement_id: str
     format: str
     state: str
@@ -66,6 +67,7 @@ def _view(row: Transfer) -> TransferView:
         role=row.role,
         peer=row.peer,
         peer_pid=row.peer_pid,
+        peer_address=row.peer_address,
         agreement_id=row.agreement_id,
         format=row.format,
         state=row.state,
@@ -139,16 +141,10 @@ def process_message(view: TransferView) -> dict[str, Any]:
     return m.transfer_process(view.provider_pid, view.consumer_pid, view.state)
 
 
-def _address(runtime: Runtime, pid: str) -> str:
-    with runtime.sessions() as session:
-        row = session.get(Transfer, pid)
-        return row.peer_address if row else ""
-
-
 def _tell(runtime: Runtime, view: TransferView, path: str, message: dict[str, Any]) -> None:
     """Deliver a message; a peer that is gone or refuses ends the transfer on our side."""
     try:
-        call(runtime, view.peer, "POST", _address(runtime, view.pid) + path, message)
+        call(runtime, view.peer, "POST", view.peer_address + path, message)
     except PeerError as exc:
         reason = (
             "the peer connector could not be reached"
@@ -378,7 +374,7 @@ def end(runtime: Runtime, pid: str, kind: str, reasons: list[str]) -> TransferVi
         message = m.transfer_termination(view.provider_pid, view.consumer_pid, "terminated", reasons)
         path += "/termination"
     try:
-        call(runtime, view.peer, "POST", _address(runtime, pid) + path, message)
+        call(runtime, view.peer, "POST", view.peer_address + path, message)
     except PeerError as exc:
         log.warning("the transfer message could not be delivered", extra={"process": pid, "error": str(exc)})
     return view
@@ -396,7 +392,7 @@ def resume(runtime: Runtime, pid: str) -> TransferView:
             runtime,
             view.peer,
             "POST",
-            _address(runtime, pid) + _peer_path(view) + "/start",
+            view.peer_address + _peer_path(view) + "/start",
             m.transfer_start(view.provider_pid, view.consumer_pid),
         )
     except PeerError as exc:

@@ -183,10 +183,11 @@ def submit(
 def _agreement_of(runtime: Runtime, principal: Principal, request: JobRequest) -> str:
     """The DSP agreement a peer's job runs under ("" for a local researcher); JobRefused when the
     job asks for another dataset or purpose than the agreement grants."""
-    if principal.issuer != runtime.settings.connector_id:
-        return ""
     from connector.dataspace import access_tokens
     from connector.identity.errors import ForbiddenError
+
+    if not access_tokens.is_agreement_token(runtime, principal):
+        return ""
 
     try:
         access = access_tokens.check(runtime, principal, "jobs")
@@ -205,7 +206,9 @@ def _agreement_of(runtime: Runtime, principal: Principal, request: JobRequest) -
 def _scope(runtime: Runtime, principal: Principal) -> str:
     """The agreement a caller's jobs run under: a peer's token sees only that agreement's jobs, a
     local researcher only jobs under none."""
-    if principal.issuer == runtime.settings.connector_id:
+    from connector.dataspace.access_tokens import is_agreement_token
+
+    if is_agreement_token(runtime, principal):
         return str(principal.claims.get("agreement", ""))
     return ""
 
