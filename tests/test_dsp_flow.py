@@ -29,6 +29,7 @@ from connector.dataspace.negotiations import (
     DspError,
     expire_negotiations,
     get_negotiation,
+    new_pid,
     start_negotiation,
     terminate,
 )
@@ -524,30 +525,80 @@ def test_a_suspended_transfer_refuses_its_token_until_resumed_and_a_provider_can
     assert late.status_code == 409 and conforms(late.json())["code"] == "illegal_transition"
 
 
-def test_the_consumer_can_terminate_a_live_negotiation_and_the_provider_follows(
+def final_state_of(runtime: Runtime, pid: str) -> Negotiation:
+    """The negotiation `pid` once it reached a final state (or as it stands after 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        with runtime.sessions() as session:
+            row = session.get(Negotiation, pid)
+        assert row is not None
+        if row.state in NEGOTIATION_FINAL or time.monotonic() > deadline:
+            return row
+        time.sleep(0.05)
+
+
+def test_the_consumer_can_terminate_a_live_negotiation_and_both_sides_end_alike(
     pair: Pair, provider: Runtime, consumer: Runtime
 ) -> None:
     participant = consumer.trust.get(pair.provider.connector_id)
     assert participant is not None
     dataset_iri, offer = offer_of(catalog_of(consumer, pair))
-    view = start_negotiation(
-        consumer, participant, dataset_iri, offer, RESEARCHER, permit_for(provider), "ai-development"
-    )
-    ended = terminate(consumer, view.pid, ["we changed our minds"])
-    assert ended.state == "TERMINATED"
-    with provider.sessions() as session:
-        theirs = session.get(Negotiation, ended.peer_pid)
-    assert theirs is not None
-    deadline = time.monotonic() + 20
-    while theirs.state not in NEGOTIATION_FINAL and time.monotonic() < deadline:
-        time.sleep(0.05)
-        with provider.sessions() as session:
-            theirs = session.get(Negotiation, ended.peer_pid)
-    # However far the provider had got (it cannot finalize without our verification), it ends
-    # TERMINATED: with our reason, or because we refused its agreement once we had terminated.
-    assert theirs.state == "TERMINATED"
-    reasons = json.loads(theirs.reasons)
-    assert reasons == ["we changed our minds"] or "illegal_transition" in reasons[0], reasons
+    outcomes = set()
+    # The provider agrees at once, so our termination races its agreement and our verification:
+    # usually ours wins, sometimes theirs. Whichever wins, the two sides must end in the same state;
+    # rounds go on until ours has won once (the common case, so ten rounds are plenty).
+    for _ in range(10):
+        view = start_negotiation(
+            consumer, participant, dataset_iri, offer, RESEARCHER, permit_for(provider), "ai-development"
+        )
+        try:
+            ended = terminate(consumer, view.pid, ["we changed our minds"])
+        except DspError as exc:
+            # Our verification had gone out: the provider's FINALIZED decides, and we follow it.
+            assert exc.status == 409 and exc.code == "verification_sent"
+            ours = final_state_of(consumer, view.pid)
+            assert ours.state == "FINALIZED"
+        else:
+            assert ended.state == "TERMINATED"
+            ours = final_state_of(consumer, view.pid)
+        theirs = final_state_of(provider, view.peer_pid)
+        assert (ours.state, theirs.state) in {("TERMINATED", "TERMINATED"), ("FINALIZED", "FINALIZED")}
+        if theirs.state == "TERMINATED":
+            # With our reason, or because we refused its agreement once we had terminated.
+            reasons = json.loads(theirs.reasons)
+            assert reasons == ["we changed our minds"] or "illegal_transition" in reasons[0], reasons
+        outcomes.add(theirs.state)
+        if "TERMINATED" in outcomes:
+            break
+    assert "TERMINATED" in outcomes
+
+
+def test_a_consumer_that_has_verified_may_not_terminate_any_more(consumer: Runtime) -> None:
+    with consumer.sessions() as session, session.begin():
+        finished = (
+            session.execute(
+                select(Negotiation).where(Negotiation.role == "consumer", Negotiation.state == "FINALIZED")
+            )
+            .scalars()
+            .first()
+        )
+        assert finished is not None
+        pid = new_pid()
+        session.add(
+            Negotiation(
+                **{
+                    column.name: getattr(finished, column.name)
+                    for column in Negotiation.__table__.columns
+                    if column.name not in {"pid", "state"}
+                },
+                pid=pid,
+                state="VERIFIED",
+            )
+        )
+    with pytest.raises(DspError) as refused:
+        terminate(consumer, pid, ["too late"])
+    assert refused.value.status == 409 and refused.value.code == "verification_sent"
+    assert get_negotiation(consumer, pid).state == "VERIFIED"
 
 
 def test_the_research_team_uses_the_cli_from_catalog_to_job_token(

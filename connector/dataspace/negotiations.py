@@ -150,14 +150,19 @@ def move(
     sender: Role,
     *,
     peer: str | None = None,
+    refuse: Callable[[Negotiation], DspError | None] | None = None,
     **changes: Any,
 ) -> NegotiationView:
     """Apply one message to the negotiation `pid` (ours) and store it; DspError when the process is
-    unknown (or another peer's) and IllegalTransition when its state does not allow the message."""
+    unknown (or another peer's) or `refuse` objects to the locked row, and IllegalTransition when
+    its state does not allow the message."""
     with runtime.sessions() as session, session.begin():
         row = _locked(session, pid)
         if row is None or (peer is not None and row.peer != peer):
             raise DspError(404, "unknown_process", [f"no contract negotiation {pid} with you"])
+        objection = refuse(row) if refuse is not None else None
+        if objection is not None:
+            raise objection
         row.state = next_negotiation_state(row.state, message, sender)
         for name, value in changes.items():
             setattr(row, name, json.dumps(value) if name == "reasons" else value)
@@ -796,11 +801,33 @@ def _epoch(value: Any) -> float:
         return time.time()
 
 
+def _verification_sent(row: Negotiation) -> DspError | None:
+    if row.role == "consumer" and row.state == "VERIFIED":
+        return DspError(
+            409,
+            "verification_sent",
+            ["we have verified the agreement and the provider may already have finalized it"],
+        )
+    return None
+
+
 def terminate(runtime: Runtime, pid: str, reasons: list[str]) -> NegotiationView:
-    """Our side ends a live negotiation and tells the peer (best effort)."""
+    """Our side ends a live negotiation and tells the peer (best effort).
+
+    A consumer that has sent its verification may no longer terminate: the provider may finalize
+    at any moment, and a termination crossing its FINALIZED event would leave the two sides in
+    different final states for good. Refused with 409 `verification_sent`; the provider's
+    FINALIZED (or its timeout) ends the process."""
     row = get_negotiation(runtime, pid)
     sender: Role = "provider" if row.role == "provider" else "consumer"
-    view = move(runtime, pid, "ContractNegotiationTerminationMessage", sender, reasons=reasons)
+    view = move(
+        runtime,
+        pid,
+        "ContractNegotiationTerminationMessage",
+        sender,
+        refuse=_verification_sent,
+        reasons=reasons,
+    )
     _audit(runtime, view, "terminated", "success", reasons)
     if view.peer_pid:
         target = view.consumer_pid if view.role == "provider" else view.provider_pid
