@@ -736,5 +736,25 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+# Commands that run for long and make policy decisions all along: they start with the embedded
+# engine's Go runtime settings (see connector.policy.engine), restarting themselves once if needed.
+LONG_RUNNING = frozenset({"serve", "worker"})
+
+
+def command_name(argv: list[str]) -> str | None:
+    """The subcommand `argv` (without the program) runs, after the main options; None if none."""
+    rest = iter(argv)
+    for word in rest:
+        if word in ("--config", "-c"):
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main() -> None:
+    if command_name(sys.argv[1:]) in LONG_RUNNING:
+        from connector.policy.engine import restart_with_go_runtime_settings
+
+        restart_with_go_runtime_settings()
     app()

@@ -70,7 +70,10 @@ def _free_port() -> int:
 
 def test_serve_starts_the_real_service_and_logs_json(tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "CONNECTOR_DATA_DIR": str(tmp_path)}
+    from connector.policy.engine import GO_RUNTIME_SETTINGS
+
+    env = {name: value for name, value in os.environ.items() if name not in GO_RUNTIME_SETTINGS}
+    env["CONNECTOR_DATA_DIR"] = str(tmp_path)
     process = subprocess.Popen(
         [sys.executable, "-m", "connector", "serve", "--port", str(port)],
         env=env,
@@ -92,6 +95,9 @@ def test_serve_starts_the_real_service_and_logs_json(tmp_path: Path) -> None:
                 time.sleep(0.2)
         assert ready.status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/v1/me", timeout=5).status_code == 401
+        # The service restarted itself (same pid) with the embedded engine's Go runtime settings.
+        started = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+        assert {f"{name}={value}".encode() for name, value in GO_RUNTIME_SETTINGS.items()} <= set(started)
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=20)

@@ -142,3 +142,38 @@ def test_decisions_are_the_same_with_the_recommended_settings_across_collections
     assert result["same"] is True
     assert result["answers"] == here
     assert sum(1 for line in child.stderr.splitlines() if line.startswith("gc ")) >= 2
+
+
+RESTART = """
+import json, os
+from connector.policy.engine import go_runtime_settings, restart_with_go_runtime_settings
+restart_with_go_runtime_settings()
+print(json.dumps({"pid": os.getpid(), "settings": go_runtime_settings()}))
+"""
+
+
+@needs_proc
+def test_a_long_running_process_restarts_itself_once_with_the_missing_settings() -> None:
+    started = {**_without_go_settings(), "GOGC": "100"}
+    child = _in_child(RESTART, started)
+    assert child.returncode == 0, child.stderr
+    lines = child.stdout.splitlines()
+    assert len(lines) == 1  # restarted once, before printing, and not again
+    settings = json.loads(lines[0])["settings"]
+    # The operator's own GOGC stays; the two missing settings are added.
+    assert settings == {
+        "GOGC": "100",
+        "GOMEMLIMIT": GO_RUNTIME_SETTINGS["GOMEMLIMIT"],
+        "GODEBUG=gcstoptheworld": "1",
+    }
+
+
+def test_only_serve_and_worker_are_long_running_commands() -> None:
+    from connector.cli import LONG_RUNNING, command_name
+
+    assert command_name(["serve", "--port", "8080"]) == "serve"
+    assert command_name(["--config", "worker", "policy", "decide"]) == "policy"
+    assert command_name(["-c", "a.toml", "worker"]) == "worker"
+    assert command_name(["--version"]) is None
+    assert command_name([]) is None
+    assert {"serve", "worker"} == LONG_RUNNING

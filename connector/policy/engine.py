@@ -4,7 +4,8 @@ A backend holds one bundle and the connector's state document, evaluates documen
 data filters. Two backends give the same answers on the same bundle: the embedded engine (OPA's
 real Go evaluator in-process, the default) and an OPA server (`connector.policy.opa_server`).
 Backends never decide anything themselves and never turn an error into an answer: every failure is
-a PolicyEngineError, which callers turn into a deny. Nothing here changes the process environment.
+a PolicyEngineError, which callers turn into a deny. Nothing here changes the process environment
+(`restart_with_go_runtime_settings` starts the process again with another one, when asked).
 
 Go runtime settings of the embedded engine (what causes the decision latency tail)
 ---------------------------------------------------------------------------------
@@ -33,13 +34,17 @@ environment: assigning `os.environ` in Python before loading has no effect on it
 GODEBUG=gctrace=1). So they must be in the environment of the process when it is started (the
 service unit, container or launcher); `go_runtime_environment()` gives that environment, and values
 set there by the operator always win. `go_runtime_settings()` tells what this process's runtime
-read. This module never sets them itself and never re-executes the process.
+read. The long-running commands (`connector serve`, `connector worker`) call
+`restart_with_go_runtime_settings()` first thing, which re-executes the process once with that
+environment where a setting is missing; nothing else here ever re-executes the process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -119,6 +124,27 @@ def go_runtime_settings() -> dict[str, str | None]:
         else:
             settings[name] = start.get(name)
     return settings
+
+
+def restart_with_go_runtime_settings() -> None:
+    """Replace this process by itself started with `GO_RUNTIME_SETTINGS` where any is missing.
+
+    For the long-running commands (`connector serve`, `connector worker`), called before anything
+    is loaded: the same pid, arguments and environment, plus the missing settings (the operator's
+    own values win, so `GOGC=100` keeps Go's default). Returns without doing anything when every
+    setting is already given or the start environment cannot be read. Never call it from a process
+    that holds state worth keeping: it does not return when it restarts.
+    """
+    try:
+        settings = go_runtime_settings()
+    except PolicyEngineError:
+        return
+    if all(value is not None for value in settings.values()):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The same interpreter and arguments this process was started with: no shell, nothing new.
+    os.execve(sys.executable, sys.orig_argv, go_runtime_environment(os.environ))  # noqa: S606
 
 
 _checked_go_runtime = False
