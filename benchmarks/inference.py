@@ -25,8 +25,8 @@ object store in a temporary folder). It measures:
     thread (as `connector.jobs.runner.Worker` holds it);
   - diagnostics of the sandbox alone, on the bare loop's batches (no run_model around it): one batch
     at a time (``SandboxedModel(batch)``: the wire's round trip per batch), and pipelined
-    (``SandboxedModel.map``: the next batch sent before the answer to the current one is read, two
-    in flight), what run_model would get if it sent its batches that way;
+    (``SandboxedModel.map``: its window of batches in flight, small batches announced in groups),
+    as run_model sends them;
   - end to end: ``run_model`` with ``SandboxedModel`` over ``cohort_inputs`` (decryption and
     transforms on the prefetch thread, meant to overlap with the model), the studies cycled.
 
@@ -631,7 +631,7 @@ def measure_model(
         "sandboxed+hooks": "job sandboxed + the runner's DB hooks (emulated)",
         "sandboxed, worker 1 thread": "diagnostic: job sandboxed, worker process at 1 torch thread",
         "sandbox alone": "diagnostic: SandboxedModel(batch) alone, one at a time",
-        "sandbox pipelined": "diagnostic: SandboxedModel.map alone, pipelined (2 in flight)",
+        "sandbox pipelined": "diagnostic: SandboxedModel.map alone, pipelined (its window in flight)",
         "end to end": f"end to end: cohort_inputs ({e2e_studies} studies) + sandboxed job",
     }
     rows = [

@@ -123,10 +123,14 @@ def test_pipelined_batches_give_the_same_outputs_in_the_same_order_as_one_at_a_t
     expected = InProcessPredictor(load_model(read_package(package)), CPU)
     with SandboxedModel(package, SandboxLimits(threads=1)) as model:
         one_by_one = [model(batch) for batch in batches]
-    for depth in (2, 3):
-        with SandboxedModel(package, SandboxLimits(threads=1), depth=depth) as model:
+    # Small batches go several to a message (group > 1), or one to a message when each exceeds
+    # the group's bytes; the model runs each batch as its own either way.
+    for depth, group_bytes in ((2, 2 << 20), (3, 2 << 20), (2, 1)):
+        with SandboxedModel(package, SandboxLimits(threads=1), depth=depth, group_bytes=group_bytes) as model:
             pipelined = list(model.map(batches))
             assert model.in_flight == 0
+            assert (model.group > 1) is (group_bytes > 1)
+            assert model.window == depth * model.group - 1
             # submit/collect by hand: answers come back in submission order.
             for batch in batches[:3]:
                 model.submit(batch)

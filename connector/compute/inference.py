@@ -63,7 +63,11 @@ class Predictor(Protocol):
 
 @runtime_checkable
 class PipelinedPredictor(Predictor, Protocol):
-    """A predictor that takes a batch before the previous one's output is read (the sandbox)."""
+    """A predictor that takes batches before the previous ones' outputs are read (the sandbox):
+    up to `window` of them should be in flight."""
+
+    @property
+    def window(self) -> int: ...
 
     def submit(self, batch: torch.Tensor) -> None: ...
 
@@ -176,8 +180,8 @@ def run_model(
     skipped: dict[str, str] = {}
     batches = 0
     pending: list[StudyInput] = []
-    # A sandboxed model takes the next batch while we read the last one's output: with one batch
-    # in flight, the model process never waits for this one between batches.
+    # A sandboxed model takes the next batches while we read the last ones' outputs: with its
+    # `window` of batches in flight, the model process never waits for this one between batches.
     pipelined = isinstance(predict, PipelinedPredictor)
     in_flight: deque[list[StudyInput]] = deque()
 
@@ -200,7 +204,7 @@ def run_model(
         if pipelined:
             predict.submit(stacked)  # type: ignore[attr-defined]
             in_flight.append(list(pending))
-            if len(in_flight) > 1:
+            while len(in_flight) > predict.window:  # type: ignore[attr-defined]
                 take(in_flight.popleft(), predict.collect())  # type: ignore[attr-defined]
         else:
             take(list(pending), predict(stacked))

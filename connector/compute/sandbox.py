@@ -4,8 +4,11 @@
 and then serves as a Predictor (connector.compute.inference): each batch is copied into a shared
 memory region (or, where there is none, sent over a pipe), a small header goes over the pipe, and
 the output comes back as raw float32, checked for shape and size and copied out before it is read.
-Batches can be pipelined (`submit`/`collect`, `map`): the next batch waits in the model process
-while it computes the current one, at most `depth` in flight, answers strictly in order.
+Batches can be pipelined (`submit`/`collect`, `map`): the next batches wait in the model process
+while it computes the current ones, answers strictly in order. Small batches are announced in
+groups (`group` batches, about `group_bytes` of input, in one message; the model process runs them
+one by one, each as its own batch, and answers the group at once): every message wakes both
+processes, and on a small machine each wake-up takes a core from the model's threads mid-batch.
 
 It must never return a partial output: a crash, a timeout or a limit breach ends the process and
 raises SandboxError with a reason a researcher can act on, and every later call raises it again
@@ -105,27 +108,39 @@ class SandboxedModel:
     """The model of one package, running in a child process; use as a context manager.
 
     `model(batch)` runs one batch; `submit(batch)` and `collect()` (or `map(batches)`) keep up to
-    `depth` batches in flight, so that the model process never waits for the worker between them.
+    `window` batches in flight (`depth` messages of `group` batches), so that the model process
+    never waits for the worker between them.
     """
 
-    def __init__(self, package_bytes: bytes, limits: SandboxLimits | None = None, depth: int = 2) -> None:
+    def __init__(
+        self,
+        package_bytes: bytes,
+        limits: SandboxLimits | None = None,
+        depth: int = 2,
+        group_bytes: int = 2 << 20,
+        max_group: int = 8,
+    ) -> None:
         self._package = package_bytes
         self.limits = limits or SandboxLimits()
         self.device = self.limits.device
         self.depth = max(1, depth)
+        self.group_bytes = group_bytes
+        self.max_group = max(1, max_group)
+        self.group = 1  # batches per message, set with the layout from the batches' size
         self.network = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: _TimedReader | None = None
         self._run_deadline = _Deadline(self.limits.seconds)
         self._stderr: list[bytes] = []
         self._failed: SandboxError | None = None
-        # Shared memory: `depth` slots, each an input and an output area of the sizes below.
+        # Shared memory: `depth * group` slots, each an input and an output area of the sizes below.
         self._region: SharedRegion | None = None
         self._input_room = 0
         self._output_room = 0
         self._output_wanted = 0  # learnt from an output too large for the room: used at the next layout
         self._sent = 0
-        self._in_flight: deque[int] = deque()  # each sent batch's slot (-1: over the pipe), oldest first
+        self._in_flight: deque[int] = deque()  # each submitted batch's slot (-1: over the pipe), oldest first
+        self._unsent: list[dict[str, Any]] = []  # the newest of them, in shared memory, not announced yet
         self._answered: deque[torch.Tensor] = deque()  # answers read to make room, not yet collected
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -196,6 +211,7 @@ class SandboxedModel:
                     self._kill()
         self._process = None
         self._in_flight.clear()
+        self._unsent.clear()
         self._answered.clear()
         if self._region is not None:
             self._region.close()
@@ -229,6 +245,7 @@ class SandboxedModel:
         # Sticky: nothing computed before the failure is handed out after it.
         self._failed = SandboxError(code, detail)
         self._in_flight.clear()
+        self._unsent.clear()
         self._answered.clear()
         return self._failed
 
@@ -263,6 +280,12 @@ class SandboxedModel:
         """Batches submitted and not yet collected."""
         return len(self._in_flight) + len(self._answered)
 
+    @property
+    def window(self) -> int:
+        """How many batches a caller should keep in flight before collecting the oldest: all the
+        slots but one, so that the next message can be filled while the model runs the last."""
+        return max(1, self.depth * self.group - 1)
+
     def _wait_for_all(self) -> None:
         """Read every answer still due (kept in order for `collect`): the model process is idle after."""
         while self._in_flight:
@@ -281,15 +304,31 @@ class SandboxedModel:
             self._wait_for_all()  # the model process must not be using the old layout
             input_room = max(self._input_room, page_round(nbytes))
             output_room = max(self._output_room, self._output_wanted, PAGE)
+            group = max(1, min(self.max_group, self.group_bytes // input_room))
             try:
-                region.grow(self.depth * (input_room + output_room))
+                region.grow(self.depth * group * (input_room + output_room))
             except (OSError, ValueError):  # no memory for it: this batch goes over the pipe
                 self._wait_for_all()
                 return -1
-            self._input_room, self._output_room = input_room, output_room
-        if len(self._in_flight) >= self.depth:
+            self._input_room, self._output_room, self.group = input_room, output_room, group
+            self._sent = 0
+        slots = self.depth * self.group
+        if len(self._in_flight) >= slots:
             self._answered.append(self._answer())  # the oldest batch's slot is free once answered
-        return self._sent % self.depth
+        return self._sent % slots
+
+    def _announce(self) -> None:
+        """Tell the model process of the batches put in shared memory and not announced yet."""
+        if not self._unsent:
+            return
+        assert self._process is not None and self._process.stdin is not None and self._region is not None
+        batches, self._unsent = self._unsent, []
+        try:
+            write_message(
+                self._process.stdin, {"kind": "tensors", "size": self._region.size, "batches": batches}
+            )
+        except (BrokenPipeError, OSError):
+            raise self._failure("model_failed", "the model process ended before taking a batch") from None
 
     def submit(self, batch: torch.Tensor) -> None:
         """Send `batch` to the model process; its output comes from `collect`, in submission order."""
@@ -297,29 +336,35 @@ class SandboxedModel:
         assert self._process is not None and self._process.stdin is not None
         array = as_float32(batch)
         slot = self._slot_for(array.nbytes)
-        try:
-            if slot < 0:
+        if slot < 0:
+            try:
                 write_tensor(self._process.stdin, batch)
-            else:
-                assert self._region is not None
-                offset = slot * (self._input_room + self._output_room)
-                shape = self._region.put(offset, array)
-                layout = {
-                    "size": self._region.size,
+            except (BrokenPipeError, OSError):
+                raise self._failure("model_failed", "the model process ended before taking a batch") from None
+        else:
+            assert self._region is not None
+            offset = slot * (self._input_room + self._output_room)
+            shape = self._region.put(offset, array)
+            self._unsent.append(
+                {
+                    "shape": shape,
                     "input": offset,
                     "output": offset + self._input_room,
                     "output_bytes": self._output_room,
                 }
-                write_message(self._process.stdin, {"kind": "tensor", "shape": shape, "shared": layout})
-        except (BrokenPipeError, OSError):
-            raise self._failure("model_failed", "the model process ended before taking a batch") from None
+            )
         self._sent += 1
         self._in_flight.append(slot)
+        if len(self._unsent) >= self.group:
+            self._announce()
 
     def collect(self) -> torch.Tensor:
         """The output of the oldest batch submitted and not yet collected (waiting for it if need be)."""
         if self._failed is not None:
             raise self._failed
+        if self._process is not None and self._process.poll() is not None:
+            # Answers it wrote before it ended may still wait in the pipe: none is handed out.
+            raise self._failure("model_failed", "the model process ended in the middle of the run")
         if self._answered:
             return self._answered.popleft()
         if not self._in_flight:
@@ -327,6 +372,8 @@ class SandboxedModel:
         return self._answer()
 
     def _answer(self) -> torch.Tensor:
+        if len(self._unsent) == len(self._in_flight):
+            self._announce()  # the oldest batch is not announced yet: its group goes as it is
         slot = self._in_flight[0]
         left = self._run_deadline.left()
         if left <= 0:
@@ -362,14 +409,14 @@ class SandboxedModel:
         return self.collect()
 
     def map(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """Each batch's output, in order, with up to `depth` batches in flight. Stopping early (the
+        """Each batch's output, in order, with up to `depth * group` batches in flight. Stopping early (the
         run was cancelled) ends the model process: the answers still due are never read."""
         finished = False
         try:
             for batch in batches:
-                if self.in_flight >= self.depth:
-                    yield self.collect()
                 self.submit(batch)
+                while self.in_flight > self.window:
+                    yield self.collect()
             while self.in_flight:
                 yield self.collect()
             finished = True

@@ -64,38 +64,47 @@ def _error(stream: BinaryIO, code: str, detail: str) -> None:
     write_message(stream, {"kind": "error", "code": code, "detail": detail[:2000]})
 
 
-def _batch(
+def _batches(
     stdin: BinaryIO, header: dict[str, Any], region: SharedRegion | None
-) -> tuple[Any, dict[str, Any]]:
-    """The batch a header announces (read in place from shared memory, or from the pipe) and where
-    its output should go."""
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The batches a header announces (read in place from shared memory, or one from the pipe),
+    each with where its output should go."""
     import torch
 
     from connector.compute.sandbox_wire import WireError, read_tensor, tensor_bytes
 
-    layout = header.get("shared")
-    if not isinstance(layout, dict):
-        return read_tensor(stdin, header), {}
+    if header.get("kind") == "tensor":
+        return [(read_tensor(stdin, header), {})]
+    if header.get("kind") != "tensors":
+        raise WireError(f"unknown message kind {str(header.get('kind'))[:40]!r}")
     if region is None:
-        raise WireError("a batch in shared memory, but no shared region was handed over")
-    size = layout.get("size")
+        raise WireError("batches in shared memory, but no shared region was handed over")
+    size, layouts = header.get("size"), header.get("batches")
     if not isinstance(size, int) or size <= 0:
         raise WireError("the shared region's size is not a positive whole number")
+    if not isinstance(layouts, list) or not 1 <= len(layouts) <= 256:
+        raise WireError("a message announces from 1 to 256 batches")
     if size != region.size:
         region.map(size)  # the worker grew it (nothing of the old layout is still in use)
-    shape, _ = tensor_bytes(header, region.size)
-    # In place: the worker does not touch this slot until it has read this batch's answer.
-    return torch.from_numpy(region.array(int(layout.get("input", -1)), shape)), layout
+    batches = []
+    for layout in layouts:
+        if not isinstance(layout, dict):
+            raise WireError("a batch's layout is not an object")
+        shape, _ = tensor_bytes(layout, region.size)
+        # In place: the worker does not touch this slot until it has read this batch's answer.
+        batches.append((torch.from_numpy(region.array(int(layout.get("input", -1)), shape)), layout))
+    return batches
 
 
 def _answer(stdout: BinaryIO, output: Any, layout: dict[str, Any], region: SharedRegion | None) -> None:
+    """Write one batch's answer (flushed by the caller, once per message: one wake-up of the worker)."""
     from connector.compute.sandbox_wire import as_float32, write_message, write_tensor
 
     array = as_float32(output)
     room = layout.get("output_bytes", 0)
     if region is not None and isinstance(room, int) and array.nbytes <= room:
         shape = region.put(int(layout.get("output", -1)), array)
-        write_message(stdout, {"kind": "tensor", "shape": shape, "shared": True})
+        write_message(stdout, {"kind": "tensor", "shape": shape, "shared": True}, flush=False)
     else:  # no region, or the output is larger than the room the worker set aside: the pipe
         write_tensor(stdout, output)
 
@@ -134,11 +143,14 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         header = read_message(stdin)
         if header.get("kind") == "stop":
             return 0
-        batch, layout = _batch(stdin, header, region)
+        batches = _batches(stdin, header, region)
         try:
-            output = predict(batch)
-            del batch  # no view of the region outlives its batch (the worker may remap it)
-            _answer(stdout, output, layout, region)
+            # Every batch of the message first, then the answers: the worker wakes once for them.
+            outputs = [(predict(batch), layout) for batch, layout in batches]
+            del batches  # no view of the region outlives its batch (the worker may remap it)
+            for output, layout in outputs:
+                _answer(stdout, output, layout, region)
+            stdout.flush()
         except MemoryError:
             _error(stdout, "out_of_memory", "the model ran out of memory on a batch")
             return 3

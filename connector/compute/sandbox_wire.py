@@ -57,12 +57,13 @@ def read_frame(stream: BinaryIO, max_bytes: int) -> bytes:
     return payload
 
 
-def write_message(stream: BinaryIO, message: dict[str, Any]) -> None:
+def write_message(stream: BinaryIO, message: dict[str, Any], flush: bool = True) -> None:
     # Length and payload in one buffer and one flush: one write call for the whole frame, so the
-    # reader wakes once per message, not once per part.
+    # reader wakes once per message, not once per part (flush=False: the caller flushes several).
     payload = json.dumps(message, allow_nan=False).encode()
     stream.write(_LENGTH.pack(len(payload)) + payload)
-    stream.flush()
+    if flush:
+        stream.flush()
 
 
 def read_message(stream: BinaryIO) -> dict[str, Any]:
