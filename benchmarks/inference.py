@@ -47,7 +47,7 @@ torch sees it, and then measures the CPU as well unless ``--no-cpu``). It prints
 where the time goes and one verdict line per model and device; it never asserts and exits 0 once
 it has measured.
 
-    python benchmarks/inference.py              # 20 patients, 7 rounds of about 0.3 s a timing
+    python benchmarks/inference.py              # 20 patients, 5 rounds of about 1 s a timing
     python benchmarks/inference.py --quick      # 8 patients, 3 rounds of about 0.2 s
 """
 
@@ -631,7 +631,7 @@ def measure_model(
         "sandboxed+hooks": "job sandboxed + the runner's DB hooks (emulated)",
         "sandboxed, worker 1 thread": "diagnostic: job sandboxed, worker process at 1 torch thread",
         "sandbox alone": "diagnostic: SandboxedModel(batch) alone, one at a time",
-        "sandbox pipelined": "diagnostic: SandboxedModel.map alone, pipelined (its window in flight)",
+        "sandbox pipelined": "diagnostic: SandboxedModel.map alone, pipelined",
         "end to end": f"end to end: cohort_inputs ({e2e_studies} studies) + sandboxed job",
     }
     rows = [
@@ -769,9 +769,9 @@ def main() -> None:
     )
     parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rounds", type=int, default=7, help="Rounds of each timing; the best is kept.")
+    parser.add_argument("--rounds", type=int, default=5, help="Rounds of each timing; the best is kept.")
     parser.add_argument(
-        "--seconds", type=float, default=0.3, help="About how long one round of a model timing runs."
+        "--seconds", type=float, default=1.0, help="About how long one round of a model timing runs."
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--min-batches", type=int, default=2, help="Fewest batches in a model timing.")
