@@ -6,9 +6,10 @@ memory region (or, where there is none, sent over a pipe), a small header goes o
 the output comes back as raw float32, checked for shape and size and copied out before it is read.
 Batches can be pipelined (`submit`/`collect`, `map`): the next batches wait in the model process
 while it computes the current ones, answers strictly in order. Small batches are announced in
-groups (`group` batches, about `group_bytes` of input, in one message; the model process runs them
-one by one, each as its own batch, and answers the group at once): every message wakes both
-processes, and on a small machine each wake-up takes a core from the model's threads mid-batch.
+groups (`group` batches, about `group_bytes` of inputs and outputs, in one message; the model
+runs them one by one, each as its own batch, and answers the group at once): every message wakes
+both processes, and on a small machine each wake-up takes a core from the model's threads
+mid-batch.
 
 It must never return a partial output: a crash, a timeout or a limit breach ends the process and
 raises SandboxError with a reason a researcher can act on, and every later call raises it again
@@ -304,7 +305,7 @@ class SandboxedModel:
             self._wait_for_all()  # the model process must not be using the old layout
             input_room = max(self._input_room, page_round(nbytes))
             output_room = max(self._output_room, self._output_wanted, PAGE)
-            group = max(1, min(self.max_group, self.group_bytes // input_room))
+            group = max(1, min(self.max_group, self.group_bytes // (input_room + output_room)))
             try:
                 region.grow(self.depth * group * (input_room + output_room))
             except (OSError, ValueError):  # no memory for it: this batch goes over the pipe
