@@ -190,6 +190,25 @@ def test_a_batch_the_model_refuses_in_the_middle_of_a_pipeline_fails_the_run(pac
     assert len(outputs) <= 1  # only what came before the refused batch, never what came after
 
 
+def test_a_model_that_failed_before_its_answers_were_read_hands_out_none_and_gives_its_reason(
+    package: bytes,
+) -> None:
+    images, _ = synthetic_examples(4, torch.Generator().manual_seed(9))
+    with SandboxedModel(package, SandboxLimits(threads=1)) as model:
+        # Two messages: a good batch (answered), then one the model refuses; the model process has
+        # ended before the worker reads anything.
+        model.submit(images)
+        model._announce()
+        model.submit(torch.zeros(4, 3, 64, 64))
+        model._announce()
+        assert model._process is not None
+        model._process.wait(timeout=60)
+        with pytest.raises(SandboxError) as failed:
+            model.collect()
+        assert model.in_flight == 0
+    assert failed.value.code == "model_failed" and "channels" in failed.value.detail.lower()
+
+
 def test_stopping_a_pipeline_early_ends_the_model_process(package: bytes) -> None:
     images, _ = synthetic_examples(16, torch.Generator().manual_seed(8))
     with SandboxedModel(package, SandboxLimits(threads=1)) as model:

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import torch
 
@@ -364,13 +364,21 @@ class SandboxedModel:
         if self._failed is not None:
             raise self._failed
         if self._process is not None and self._process.poll() is not None:
-            # Answers it wrote before it ended may still wait in the pipe: none is handed out.
-            raise self._failure("model_failed", "the model process ended in the middle of the run")
+            self._last_words()
         if self._answered:
             return self._answered.popleft()
         if not self._in_flight:
             raise RuntimeError("no batch was submitted that is not collected yet")
         return self._answer()
+
+    def _last_words(self) -> NoReturn:
+        """The model process ended mid-run: answers it wrote before may still wait in the pipe, and
+        none is handed out; its error frame after them, if it left one, gives the reason."""
+        while True:
+            # Raises with the model's own code and reason at an error frame, or at the pipe's end.
+            answer = self._receive(1.0, "running a batch")
+            if answer.get("shared") is not True:  # an answer with a frame on the pipe: stop there
+                raise self._failure("model_failed", "the model process ended in the middle of the run")
 
     def _answer(self) -> torch.Tensor:
         if len(self._unsent) == len(self._in_flight):
