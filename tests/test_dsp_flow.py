@@ -573,26 +573,23 @@ def test_the_consumer_can_terminate_a_live_negotiation_and_both_sides_end_alike(
     assert "TERMINATED" in outcomes
 
 
-def test_a_consumer_that_has_verified_may_not_terminate_any_more(consumer: Runtime) -> None:
+def test_a_consumer_that_has_verified_may_not_terminate_any_more(pair: Pair, consumer: Runtime) -> None:
+    # A negotiation of ours caught between our verification and the provider's FINALIZED.
+    pid, now = new_pid(), "2026-01-01T00:00:00Z"
     with consumer.sessions() as session, session.begin():
-        finished = (
-            session.execute(
-                select(Negotiation).where(Negotiation.role == "consumer", Negotiation.state == "FINALIZED")
-            )
-            .scalars()
-            .first()
-        )
-        assert finished is not None
-        pid = new_pid()
         session.add(
             Negotiation(
-                **{
-                    column.name: getattr(finished, column.name)
-                    for column in Negotiation.__table__.columns
-                    if column.name not in {"pid", "state"}
-                },
                 pid=pid,
+                role="consumer",
+                peer_pid=new_pid(),
+                peer=pair.provider.connector_id,
+                peer_address=pair.provider.dsp,
                 state="VERIFIED",
+                target="urn:example:dataset",
+                offer="{}",
+                created_at=now,
+                updated_at=now,
+                deadline=time.time() + 60,
             )
         )
     with pytest.raises(DspError) as refused:
