@@ -5,10 +5,13 @@ the manifest's parameters (names checked against the class signature, values bou
 capped by counting parameters on PyTorch's `meta` device before any memory is allocated), then
 fills it from a safetensors file, which holds only tensors, with `load_state_dict(strict=True)`.
 
-framework "torchscript": the archive is a zip whose pickles are scanned opcode by opcode before
-`torch.jit.load` sees it; any import outside the few names TorchScript's tensor format uses (the
-way a pickle would reach `os.system` or `builtins.eval`) refuses it. Its compiled code is scanned
-for operators that read or write files or print.
+framework "torchscript": the archive is a zip whose member names must be canonical and distinct
+even ignoring case (PyTorch's zip reader finds members case-insensitively), each of a kind a
+TorchScript archive holds. Its pickles are scanned opcode by opcode before `torch.jit.load` sees
+it; any import outside the few names TorchScript's tensor format uses (the way a pickle would reach
+`os.system` or `builtins.eval`) refuses it. Its code text is scanned as a first gate (operators that
+read or write files or print, methods that run while loading); the real check comes after loading:
+every compiled graph is held against an allow-list of operators (connector.compute.torchscript_graph).
 
 This module never calls `torch.load` (with or without weights_only), never unpickles with Python's
 `pickle`, never imports a name taken from a package, and runs a model only in `dry_run`, on zeros.
@@ -35,10 +38,12 @@ from connector.compute.package import (
     ArchiveLimits,
     ModelPackage,
     PackageError,
+    name_key,
     open_archive,
     read_member,
     shown,
 )
+from connector.compute.torchscript_graph import check_graph
 
 ALLOWED_NETWORKS: dict[str, type[nn.Module]] = {
     name: getattr(monai.networks.nets, name) for name in get_args(AllowedNetwork)
@@ -115,7 +120,16 @@ _FORBIDDEN_CODE = (
     (re.compile(r"\b(?:torch|aten)\s*\.\s*save\b"), "writes a file (torch.save)"),
     (re.compile(r"\bprint\s*\("), "prints, which would put data into the connector's logs"),
     (re.compile(r"\btorch\s*\.\s*classes\b"), "uses custom C++ classes"),
+    # The loader runs these while loading, before the compiled graph can be checked.
+    (re.compile(r"\b__(?:set|get)state__\b"), "defines __setstate__/__getstate__, which run while loading"),
 )
+# A backslash at a line's end joins two lines: `torch.\<newline>save` is `torch.save` to the parser.
+_LINE_CONTINUATION = re.compile(r"\\[ \t]*\r?\n")
+# Members of a TorchScript archive, by their path under the top folder (compared case-folded).
+_TORCHSCRIPT_FIXED_MEMBERS = frozenset(
+    {"data.pkl", "constants.pkl", "version", ".data/version", "byteorder", ".data/serialization_id"}
+)
+_TORCHSCRIPT_TENSOR_MEMBER = re.compile(r"(?:data|constants)/[0-9]{1,9}")
 _OPERATOR_NAMESPACE = re.compile(r"\bops\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _BUILT_IN_NAMESPACES = frozenset({"aten", "prim", "quantized", "_quantized", "prepacked", "mkldnn"})
 
@@ -397,8 +411,12 @@ def _allowed_global(module: str, attribute: str) -> bool:
 
 
 def code_problems(source: str, name: str) -> list[str]:
-    """Why TorchScript code in an archive could reach outside the model (files, logs, foreign ops)."""
+    """Why TorchScript code in an archive could reach outside the model (files, logs, foreign ops).
+
+    A first gate on the text; `check_graph` on the loaded graph is the check that holds.
+    """
     label = f"TorchScript code {shown(name)}"
+    source = _LINE_CONTINUATION.sub(" ", source)
     problems = [f"{label} {why}" for pattern, why in _FORBIDDEN_CODE if pattern.search(source)]
     foreign = sorted(set(_OPERATOR_NAMESPACE.findall(source)) - _BUILT_IN_NAMESPACES)
     if foreign:
@@ -406,23 +424,47 @@ def code_problems(source: str, name: str) -> list[str]:
     return problems
 
 
+def _member_kind(relative: str) -> str | None:
+    """What a member is, from its path under the top folder (case-folded), or None if unknown."""
+    if relative in _TORCHSCRIPT_FIXED_MEMBERS or _TORCHSCRIPT_TENSOR_MEMBER.fullmatch(relative):
+        return "pickle" if relative.endswith(".pkl") else "plain"
+    if relative.endswith((".pkl", ".debug_pkl")):
+        return "pickle" if relative.startswith("code/") else None
+    if relative.endswith(".py"):
+        return "code"
+    return None
+
+
 def inspect_torchscript(data: bytes, limits: ArchiveLimits = TORCHSCRIPT_LIMITS) -> None:
-    """Refuse a TorchScript archive before loading it: zip structure, every pickle, every code file."""
+    """Refuse a TorchScript archive before loading it: zip structure, member kinds, pickles, code.
+
+    Names are compared case-folded because PyTorch's reader finds `archive/CODE/x.py` when asked
+    for `archive/code/x.py`: every member that could be read as code or a pickle is scanned.
+    """
     problems: list[str] = []
     with open_archive(data, limits, what="TorchScript archive") as archive:
         infos = archive.infolist()
-        tops = {info.filename.split("/", 1)[0] for info in infos}
-        if len(tops) != 1 or not any(
-            info.filename.count("/") == 1 and info.filename.endswith("/data.pkl") for info in infos
-        ):
+        keys = [name_key(info.filename) for info in infos]
+        tops = {key.split("/", 1)[0] for key in keys}
+        if len(tops) != 1 or not any(key.count("/") == 1 and key.endswith("/data.pkl") for key in keys):
             raise PackageError(
                 ["the weights are not a TorchScript archive (one top folder holding data.pkl)"]
             )
-        for info in infos:
+        for info, key in zip(infos, keys, strict=True):
             name = info.filename
-            if name.endswith(("pkl", ".pickle")):
+            if not name.isascii():
+                # TorchScript writes ASCII names; zip readers may decode others differently.
+                problems.append(f"TorchScript archive member {shown(name)} has a non-ASCII name")
+                continue
+            kind = _member_kind(key.partition("/")[2])
+            if kind is None:
+                problems.append(
+                    f"TorchScript archive member {shown(name)} is not a kind a TorchScript archive holds "
+                    "(data.pkl, constants.pkl, code/, data/, version files; extra files are refused)"
+                )
+            elif kind == "pickle":
                 problems += pickle_problems(read_member(archive, info, MAX_PICKLE_BYTES), name)
-            elif "/code/" in name and name.endswith(".py"):
+            elif kind == "code":
                 raw = read_member(archive, info, MAX_CODE_BYTES)
                 try:
                     source = raw.decode("utf-8")
@@ -435,7 +477,8 @@ def inspect_torchscript(data: bytes, limits: ArchiveLimits = TORCHSCRIPT_LIMITS)
 
 
 def load_torchscript(data: bytes, max_parameters: int = DEFAULT_MAX_PARAMETERS) -> nn.Module:
-    """A TorchScript module on the CPU, loaded only after `inspect_torchscript` found nothing."""
+    """A TorchScript module on the CPU: loaded only after `inspect_torchscript` found nothing, then
+    kept only if every compiled graph passes `check_graph`."""
     inspect_torchscript(data)
     try:
         module = torch.jit.load(io.BytesIO(data), map_location="cpu")
@@ -444,6 +487,8 @@ def load_torchscript(data: bytes, max_parameters: int = DEFAULT_MAX_PARAMETERS) 
         raise PackageError(
             [f"the TorchScript archive does not load ({type(exc).__name__}: {message})"]
         ) from None
+    # The text scan above can be fooled by how code is spelled; the compiled graph cannot.
+    check_graph(module)
     size = sum(tensor.numel() for tensor in (*module.parameters(), *module.buffers()))
     if size > max_parameters:
         raise PackageError([f"the TorchScript model holds {size:,} numbers; at most {max_parameters:,}"])

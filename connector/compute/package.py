@@ -18,6 +18,7 @@ import json
 import re
 import stat
 import struct
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -43,6 +44,7 @@ _ALLOWED_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "def
 _RATIO_FREE_BYTES = 1 << 20
 _MAX_SHOWN_PROBLEMS = 20
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class PackageError(ValueError):
@@ -148,19 +150,40 @@ def _declared_member_count(data: bytes) -> int | None:
 
 
 def safe_member_name(name: str) -> str | None:
-    """Why `name` could escape or confuse an extraction, or None when it is a plain relative path."""
+    """Why `name` is not a canonical relative path, or None when it is.
+
+    Canonical: `/`-separated, no empty, `.` or `..` part, no absolute or drive path, no control
+    characters (C0, DEL, C1), no part ending in a dot or a space (Windows drops those, so two names
+    would meet on disk), no colon (drive letters, NTFS streams). A name that is not canonical can
+    mean different members to different readers, so it is refused rather than normalised.
+    """
     if not name or "\x00" in name:
         return "has an empty or NUL-containing name"
+    if _CONTROL_CHARACTER.search(name):
+        return "has a control character in its name"
     if "\\" in name:
         return "uses a backslash in its path"
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "has an absolute path"
+    if ":" in name:
+        return "has a colon in its name (a drive or stream name)"
     parts = name.split("/")
     if any(part == ".." for part in parts):
         return "escapes the archive (path traversal with '..')"
-    if any(part in ("", ".") for part in parts[:-1]) or parts[-1] == ".":
-        return "has an empty or '.' path component"
+    if any(part in ("", ".") for part in parts):
+        return "has an empty or '.' path component (or is a folder entry)"
+    if any(part.endswith((".", " ")) for part in parts):
+        return "has a path component ending in a dot or a space"
     return None
+
+
+def name_key(name: str) -> str:
+    """The form under which two member names count as the same member.
+
+    PyTorch's zip reader (miniz) finds members case-insensitively, and file systems fold case and
+    Unicode forms, so names are compared after NFKC normalisation and case folding.
+    """
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def _is_symlink_or_special(info: zipfile.ZipInfo) -> str | None:
@@ -203,13 +226,19 @@ def open_archive(data: bytes, limits: ArchiveLimits, what: str = "package") -> z
     problems: list[str] = []
     if len(infos) > limits.max_members:
         problems.append(f"the {what} has {len(infos)} members; at most {limits.max_members} are accepted")
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # name_key -> the first name with that key
     total = 0
     for info in infos:
         label = f"member {shown(info.filename)}"
-        if info.filename in seen:
+        key = name_key(info.filename)
+        if info.filename == seen.get(key):
             problems.append(f"{label} appears more than once (which copy counts would be ambiguous)")
-        seen.add(info.filename)
+        elif key in seen:
+            problems.append(
+                f"{label} and {shown(seen[key])} differ only in case or Unicode form "
+                "(readers that fold case would take either)"
+            )
+        seen.setdefault(key, info.filename)
         for problem in (safe_member_name(info.filename), _is_symlink_or_special(info)):
             if problem:
                 problems.append(f"{label} {problem}")
@@ -357,6 +386,12 @@ def _check_declared_size(info: zipfile.ZipInfo, limit: int) -> None:
         )
 
 
+def _case_hint(wanted: str, members: Iterable[str]) -> str:
+    """' (it has X, which differs only in case)' when a member matches `wanted` case-insensitively."""
+    near = [name for name in members if name_key(name) == name_key(wanted)]
+    return f" (it has {shown(near[0])}, which differs only in case)" if near else ""
+
+
 def read_package(source: bytes | Path, limits: PackageLimits = DEFAULT_LIMITS) -> ModelPackage:
     """A package from its zip bytes or file, checked; PackageError naming every problem.
 
@@ -365,20 +400,25 @@ def read_package(source: bytes | Path, limits: PackageLimits = DEFAULT_LIMITS) -
     """
     data = _load_bytes(source, limits)
     with open_archive(data, limits.archive()) as archive:
+        # Names are compared exactly: open_archive refused names that differ only in case, so an
+        # exact match is the only member any reader, case-folding or not, could take.
         members = {info.filename: info for info in archive.infolist()}
         if MANIFEST_NAME not in members:
-            raise PackageError([f"the package has no {MANIFEST_NAME}"])
+            raise PackageError([f"the package has no {MANIFEST_NAME}{_case_hint(MANIFEST_NAME, members)}"])
         _check_declared_size(members[MANIFEST_NAME], limits.max_manifest_bytes)
         manifest = parse_manifest(read_member(archive, members[MANIFEST_NAME], limits.max_manifest_bytes))
         allowed = {MANIFEST_NAME, manifest.weights, *OPTIONAL_MEMBERS}
         problems = [
             f"member {shown(name)} is not allowed in a package (only {MANIFEST_NAME}, the weights file "
-            f"{manifest.weights!r}, README.md and LICENSE)"
+            f"{manifest.weights!r}, README.md and LICENSE; names are case-sensitive)"
             for name in sorted(members)
             if name not in allowed
         ]
         if manifest.weights not in members:
-            problems.append(f"the weights file {manifest.weights!r} named by the manifest is missing")
+            problems.append(
+                f"the weights file {manifest.weights!r} named by the manifest is missing"
+                + _case_hint(manifest.weights, members)
+            )
         if problems:
             raise PackageError(problems)
         _check_declared_size(members[manifest.weights], limits.max_weights_bytes)
