@@ -8,11 +8,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps services demo test lint clean
 
-# Real DICOM tools for the tests (dciodvfy from dicom3tools, dcmdump from dcmtk).
+# Real DICOM tools for the tests (dciodvfy from dicom3tools, dcmdump from dcmtk); bubblewrap and
+# libseccomp confine a job's model process (connector/compute/isolation.py).
 system-deps:
-	@command -v dciodvfy >/dev/null && command -v dcmdump >/dev/null || { \
+	@command -v dciodvfy >/dev/null && command -v dcmdump >/dev/null && command -v bwrap >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends dicom3tools dcmtk; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends dicom3tools dcmtk \
+	    bubblewrap libseccomp2; }
 
 # PostgreSQL runs on these machines; start it if it has stopped.
 services:

@@ -53,15 +53,15 @@ def test_a_package_the_checks_refuse_never_runs(package: bytes) -> None:
 def test_a_batch_the_model_cannot_take_fails_the_run_with_the_models_reason(package: bytes) -> None:
     with SandboxedModel(package, SandboxLimits(threads=1)) as model, pytest.raises(SandboxError) as failed:
         model(torch.zeros(2, 3, 64, 64))  # three channels for a one-channel network
-    assert failed.value.code == "model_failed" and "channels" in failed.value.detail.lower()
+    # Refused by the model process against the input spec, before the model sees it.
+    assert failed.value.code == "input_refused" and "channels" in failed.value.detail.lower()
 
 
 def test_a_model_over_its_memory_limit_is_stopped(package: bytes) -> None:
     limits = SandboxLimits(threads=1, memory_bytes=3 << 30)
     with SandboxedModel(package, limits) as model, pytest.raises(SandboxError) as failed:
-        model(torch.zeros(64, 1, 1024, 1024))  # activations far beyond 3 GiB
-    assert failed.value.code in ("out_of_memory", "model_failed")
-    assert "memory" in failed.value.detail or "killed" in failed.value.detail
+        model(torch.zeros(8192, 1, 64, 64))  # activations far beyond 3 GiB
+    assert failed.value.code == "out_of_memory" and "memory" in failed.value.detail
 
 
 def test_a_model_over_its_time_limit_is_killed(package: bytes) -> None:
@@ -186,7 +186,7 @@ def test_a_batch_the_model_refuses_in_the_middle_of_a_pipeline_fails_the_run(pac
     outputs = []
     with SandboxedModel(package, SandboxLimits(threads=1)) as model, pytest.raises(SandboxError) as failed:
         outputs.extend(model.map(batches))
-    assert failed.value.code == "model_failed" and "channels" in failed.value.detail.lower()
+    assert failed.value.code == "input_refused" and "channels" in failed.value.detail.lower()
     assert len(outputs) <= 1  # only what came before the refused batch, never what came after
 
 
@@ -206,7 +206,7 @@ def test_a_model_that_failed_before_its_answers_were_read_hands_out_none_and_giv
         with pytest.raises(SandboxError) as failed:
             model.collect()
         assert model.in_flight == 0
-    assert failed.value.code == "model_failed" and "channels" in failed.value.detail.lower()
+    assert failed.value.code == "input_refused" and "channels" in failed.value.detail.lower()
 
 
 def test_stopping_a_pipeline_early_ends_the_model_process(package: bytes) -> None:

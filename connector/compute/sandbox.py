@@ -11,21 +11,30 @@ runs them one by one, each as its own batch, and answers the group at once): eve
 both processes, and on a small machine each wake-up takes a core from the model's threads
 mid-batch.
 
+The model process runs confined (connector.compute.isolation: bubblewrap as another uid in its own
+namespaces on an empty root, then seccomp); `isolation_layers` says which layers held, and a layer
+this machine lacks makes `start` refuse ("isolation_unavailable") unless the limits accept it.
+
 It must never return a partial output: a crash, a timeout or a limit breach ends the process and
 raises SandboxError with a reason a researcher can act on, and every later call raises it again
 (answers already read but not yet collected are dropped). The worker's own process never loads the
 model, never unpickles what the model process sends, and never busy-waits on it (it sleeps in
-select until the answer comes or the deadline passes).
+select until the answer comes or the deadline passes). Nothing the model writes reaches a person as
+text: `SandboxError.detail` is always a sentence chosen here for the code, the model's stderr goes
+to the operator's log only as a length and a hash, and an output is checked against the shapes the
+manifest allows before a byte of it is read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
+import math
 import os
 import selectors
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -36,7 +45,12 @@ from typing import Any, BinaryIO, NoReturn
 
 import torch
 
+from connector.compute.isolation import LAYERS, IsolationUnavailable, confinement
+from connector.compute.networks import expected_output_shapes
+from connector.compute.package import read_package
 from connector.compute.sandbox_wire import (
+    ERROR_CODES,
+    EXCEPTION_NAMES,
     PAGE,
     SharedRegion,
     WireError,
@@ -49,6 +63,29 @@ from connector.compute.sandbox_wire import (
     write_message,
     write_tensor,
 )
+
+log = logging.getLogger("connector.compute.sandbox")
+
+# The only texts a failure of the model process shows: chosen here, for its code.
+DETAILS = {
+    "model_refused": "the model did not load or failed its dry run on a zero input",
+    "out_of_memory": "the model ran out of memory (over its memory limit)",
+    "input_refused": "a batch does not have the channels and size of the manifest's input spec",
+    "model_failed": "the model raised an error on a batch",
+    "output_refused": "the model returned an output that is not finite or not of a shape its manifest allows",
+    "forbidden_syscall": "the model tried a system call the sandbox forbids (files, processes or network)",
+    "protocol": "the model process and the worker disagreed on the protocol",
+}
+_SIGNALS = {
+    "SIGXCPU": ("cpu_time", "the model process used up its CPU time"),
+    "SIGSEGV": ("crashed", "the model process crashed (segmentation fault)"),
+    "SIGBUS": ("crashed", "the model process crashed (bus error)"),
+    "SIGILL": ("crashed", "the model process crashed (illegal instruction)"),
+    "SIGFPE": ("crashed", "the model process crashed (arithmetic fault)"),
+    "SIGABRT": ("crashed", "the model process aborted"),
+    "SIGSYS": ("forbidden_syscall", "the model tried a forbidden system call"),
+    "SIGKILL": ("model_failed", "the model process was killed from outside (kernel out-of-memory killer?)"),
+}
 
 
 class SandboxError(Exception):
@@ -68,6 +105,9 @@ class SandboxLimits:
     threads: int = 0  # 0: every core
     gpu_memory_fraction: float = 0.9
     max_output_bytes: int = 1 << 30
+    bwrap: str = "bwrap"  # the bubblewrap executable (a name on PATH or a path)
+    accept_weaker_isolation: tuple[str, ...] = ()  # layers of isolation.LAYERS the DPO accepts missing
+    skip_code_scan: bool = False  # tests of the OS layers only: TorchScript loads without its code scan
 
 
 class _Deadline:
@@ -129,10 +169,18 @@ class SandboxedModel:
         self.max_group = max(1, max_group)
         self.group = 1  # batches per message, set with the layout from the batches' size
         self.network = ""
+        self.isolation_layers: dict[str, bool] = dict.fromkeys(LAYERS, False)
+        manifest = read_package(package_bytes).manifest
+        # Per study, as the manifest allows: an answer of any other shape is refused unread.
+        self._allowed = [shape[1:] for shape in expected_output_shapes(manifest)]
+        self._study_output_bytes = 4 * max(math.prod(shape) for shape in self._allowed)
+        self._confined = False
+        self._killed_by_us = False
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: _TimedReader | None = None
         self._run_deadline = _Deadline(self.limits.seconds)
-        self._stderr: list[bytes] = []
+        self._stderr_bytes = 0
+        self._stderr_hash = hashlib.sha256()
         self._failed: SandboxError | None = None
         # Shared memory: `depth * group` slots, each an input and an output area of the sizes below.
         self._region: SharedRegion | None = None
@@ -140,7 +188,8 @@ class SandboxedModel:
         self._output_room = 0
         self._output_wanted = 0  # learnt from an output too large for the room: used at the next layout
         self._sent = 0
-        self._in_flight: deque[int] = deque()  # each submitted batch's slot (-1: over the pipe), oldest first
+        # Each submitted batch's slot (-1: over the pipe) and size, oldest first.
+        self._in_flight: deque[tuple[int, int]] = deque()
         self._unsent: list[dict[str, Any]] = []  # the newest of them, in shared memory, not announced yet
         self._answered: deque[torch.Tensor] = deque()  # answers read to make room, not yet collected
 
@@ -154,15 +203,20 @@ class SandboxedModel:
         self.close()
 
     def start(self) -> None:
-        environment = {
-            key: value for key, value in os.environ.items() if key in ("PATH", "LANG", "LC_ALL", "HOME")
-        }
-        environment["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            plan = confinement(self.limits.bwrap, self.device, tuple(self.limits.accept_weaker_isolation))
+        except IsolationUnavailable as exc:
+            self._failed = SandboxError("isolation_unavailable", str(exc))
+            raise self._failed from None
+        self._confined = plan.layers["mount"]
+        environment = {key: value for key, value in os.environ.items() if key in ("PATH", "LANG", "LC_ALL")}
+        environment["HOME"] = "/nonexistent"
+        environment["USER"] = "model"
         if self.device == "cpu":
             environment["CUDA_VISIBLE_DEVICES"] = ""
         self._region = SharedRegion.create()
-        self._process = subprocess.Popen(  # noqa: S603 (our own interpreter and module, no shell)
-            [sys.executable, "-I", "-m", "connector.compute.sandbox_child"],
+        self._process = subprocess.Popen(  # noqa: S603 (bubblewrap and our own interpreter, no shell)
+            plan.argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -184,6 +238,8 @@ class SandboxedModel:
                     "threads": threads,
                     "gpu_memory_fraction": self.limits.gpu_memory_fraction,
                     "max_package_bytes": len(self._package),
+                    "seccomp": plan.layers["seccomp"],
+                    "skip_code_scan": self.limits.skip_code_scan,
                     **({"shared_fd": self._region.fd} if self._region else {}),
                 },
             )
@@ -195,7 +251,32 @@ class SandboxedModel:
             raise self._failure("model_failed", "the model process ended while starting") from None
         if ready.get("kind") != "ready":
             raise self._failure("model_failed", "the model process did not say it was ready")
-        self.network = str(ready.get("network", ""))
+        self._check_layers(plan.layers, {**(ready.get("layers") or {}), "network": ready.get("network")})
+        self.network = "namespace" if self._confined else str(ready.get("network", ""))
+
+    def _check_layers(self, planned: dict[str, bool], seen: object) -> None:
+        """The layers that held: planned here and, where it can tell, confirmed by the model process
+        itself; a missing one the limits do not accept ends the process."""
+        seen = seen if isinstance(seen, dict) else {}  # sent by the model process: only compared
+        held = dict(planned)
+        uid = seen.get("uid")
+        held["user"] = planned["user"] and isinstance(uid, int) and uid not in (0, os.getuid())
+        pid = seen.get("pid")
+        assert self._process is not None
+        held["pid"] = planned["pid"] and isinstance(pid, int) and pid != self._process.pid
+        for layer in ("no_new_privs", "seccomp", "rlimits"):
+            held[layer] = planned[layer] and seen.get(layer) is True
+        if not self._confined:
+            held["network"] = seen.get("network") == "namespace"
+        self.isolation_layers = held
+        missing = sorted(layer for layer, ok in held.items() if not ok)
+        refused = [layer for layer in missing if layer not in self.limits.accept_weaker_isolation]
+        if refused:
+            raise self._failure(
+                "isolation_unavailable",
+                f"the model process did not get every layer of its isolation: missing {', '.join(refused)}; "
+                "untrusted models do not run unless the settings' sandbox_accept_weaker_isolation names them",
+            )
 
     def close(self) -> None:
         process = self._process
@@ -220,29 +301,40 @@ class SandboxedModel:
 
     def _kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
+            self._killed_by_us = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait()
 
     def _drain_stderr(self) -> None:
+        """Read the model process's stderr to its end: whatever the model prints is counted and
+        hashed for the operator's log, never kept as text (it could carry what the model saw)."""
         assert self._process is not None and self._process.stderr is not None
-        for line in self._process.stderr:
-            if len(self._stderr) < 50:
-                self._stderr.append(line[:500])
+        stream = self._process.stderr
+        while chunk := stream.read1(1 << 16):
+            self._stderr_bytes += len(chunk)
+            self._stderr_hash.update(chunk)
+        if self._stderr_bytes:
+            log.info(
+                "model process wrote to stderr",
+                extra={"stderr_bytes": self._stderr_bytes, "stderr_sha256": self._stderr_hash.hexdigest()},
+            )
 
     # -- the protocol ----------------------------------------------------------------------------
 
     def _failure(self, code: str, detail: str) -> SandboxError:
+        process = self._process
+        ended = process.poll() if process is not None else None  # before any kill of ours
+        killed_by_us = self._killed_by_us
         self._kill()
-        process_code = self._process.returncode if self._process is not None else None
-        if process_code is not None and process_code < 0:
-            name = signal.Signals(-process_code).name
-            reason = {
-                "SIGKILL": "it was killed (out of memory, or over its limits)",
-                "SIGXCPU": "it used up its CPU time",
-                "SIGSEGV": "it crashed (segmentation fault)",
-            }.get(name, f"it was ended by {name}")
-            detail = f"{detail}: {reason}"
+        if ended is not None and not killed_by_us and code == "model_failed":
+            # It ended on its own without an error frame: the signal, if any, names the cause.
+            number = -ended if ended < 0 else ended - 128 if self._confined and ended > 128 else 0
+            with contextlib.suppress(ValueError):
+                if number:
+                    name = signal.Signals(number).name
+                    code, reason = _SIGNALS.get(name, ("crashed", f"it was ended by {name}"))
+                    detail = f"{detail}: {reason}"
         # Sticky: nothing computed before the failure is handed out after it.
         self._failed = SandboxError(code, detail)
         self._in_flight.clear()
@@ -262,8 +354,14 @@ class SandboxedModel:
         except WireError:
             raise self._failure("model_failed", f"the model process ended while {doing}") from None
         if message.get("kind") == "error":
-            code = str(message.get("code", "model_failed"))
-            raise self._failure(code, str(message.get("detail", "the model failed"))[:2000])
+            # A code of the fixed set and a class name of the allow-list; any other word the model
+            # process wrote is dropped unread.
+            code = message.get("code")
+            code = code if isinstance(code, str) and code in ERROR_CODES else "model_failed"
+            name = message.get("exception")
+            listed = isinstance(name, str) and name in EXCEPTION_NAMES
+            detail = DETAILS[code] + (f" ({name})" if listed else "")
+            raise self._failure(code, detail)
         return message
 
     def _usable(self) -> None:
@@ -292,10 +390,12 @@ class SandboxedModel:
         while self._in_flight:
             self._answered.append(self._answer())
 
-    def _slot_for(self, nbytes: int) -> int:
+    def _slot_for(self, nbytes: int, studies: int) -> int:
         """The shared slot this batch goes to, laid out anew (when nothing is in flight) if the batch
         or the outputs seen so far need more room; -1: over the pipe."""
         region = self._region
+        # The largest answer the manifest allows for this batch gets room before it comes.
+        self._output_wanted = max(self._output_wanted, page_round(studies * self._study_output_bytes))
         if region is None:
             # Over the pipe, one at a time: a large batch written while an answer is due could fill
             # both pipes, each side waiting on the other.
@@ -336,7 +436,8 @@ class SandboxedModel:
         self._usable()
         assert self._process is not None and self._process.stdin is not None
         array = as_float32(batch)
-        slot = self._slot_for(array.nbytes)
+        studies = int(array.shape[0]) if array.ndim else 0
+        slot = self._slot_for(array.nbytes, studies)
         if slot < 0:
             try:
                 write_tensor(self._process.stdin, batch)
@@ -355,7 +456,7 @@ class SandboxedModel:
                 }
             )
         self._sent += 1
-        self._in_flight.append(slot)
+        self._in_flight.append((slot, studies))
         if len(self._unsent) >= self.group:
             self._announce()
 
@@ -383,7 +484,7 @@ class SandboxedModel:
     def _answer(self) -> torch.Tensor:
         if len(self._unsent) == len(self._in_flight):
             self._announce()  # the oldest batch is not announced yet: its group goes as it is
-        slot = self._in_flight[0]
+        slot, studies = self._in_flight[0]
         left = self._run_deadline.left()
         if left <= 0:
             raise self._failure(
@@ -393,21 +494,27 @@ class SandboxedModel:
         if header.get("kind") != "tensor":
             raise self._failure("model_failed", "the model process answered out of protocol")
         assert self._reader is not None
+        shape = header.get("shape")
+        # Checked before a byte is read: the shape the manifest allows for this batch's size, so
+        # an output of any other size (a 384 MiB one) is never read.
+        if not isinstance(shape, list) or shape[:1] != [studies] or shape[1:] not in self._allowed:
+            raise self._failure("output_refused", DETAILS["output_refused"])
+        wanted = 4 * studies * math.prod(shape[1:])
         try:
             if header.get("shared") is True:
                 if slot < 0 or self._region is None:
                     raise WireError("an answer in shared memory to a batch sent over the pipe")
-                shape, _ = tensor_bytes(header, min(self.limits.max_output_bytes, self._output_room))
+                shape, _ = tensor_bytes(header, min(self.limits.max_output_bytes, self._output_room, wanted))
                 offset = slot * (self._input_room + self._output_room) + self._input_room
                 output = self._region.take(offset, shape)
             else:
-                output = read_tensor(self._reader, header, self.limits.max_output_bytes)  # type: ignore[arg-type]
+                output = read_tensor(self._reader, header, min(self.limits.max_output_bytes, wanted))  # type: ignore[arg-type]
                 # Room for such outputs at the next layout, so they need not come over the pipe again.
                 self._output_wanted = max(self._output_wanted, page_round(output.numel() * 4))
         except TimeoutError:
             raise self._failure("timeout", "the model process stopped in the middle of an answer") from None
-        except WireError as exc:
-            raise self._failure("model_failed", f"the model's output was refused: {exc}") from None
+        except WireError:
+            raise self._failure("output_refused", DETAILS["output_refused"]) from None
         self._in_flight.popleft()
         return output
 

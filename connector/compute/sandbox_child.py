@@ -1,19 +1,27 @@
-"""The model process: `python -m connector.compute.sandbox_child`, started by connector.compute.sandbox.
+"""The model process: `python -m connector.compute.sandbox_child` (or `run()`), started by
+connector.compute.sandbox, normally inside bubblewrap (connector.compute.isolation).
 
 It reads its limits and the model package from standard input, limits itself (address space and
 CPU time on the CPU, a share of GPU memory on CUDA), cuts itself off the network (a network
 namespace when the kernel allows it, and in any case Python's sockets refuse), loads the model
-weights-only, then answers each batch with the model's output, in the order the batches came (the
+weights-only and dry-runs it, then loads the seccomp filter (from then on nothing can be opened or
+executed), then answers each batch with the model's output, in the order the batches came (the
 worker may send the next batch before it reads an answer). Batches and outputs lie in the shared
 memory region the worker hands over (a memfd, see connector.compute.sandbox_wire) or, where there
 is none or an output does not fit, travel as frames on the pipes. Any failure is reported as one
 error frame and the process exits; it never sees a key, a study UID or a pseudonym, only tensors,
 and never writes a file (the shared region is memory the worker created, not a file).
+
+It must never send the model's own text (an exception message, a print) to the worker: an error
+frame holds a code of sandbox_wire.ERROR_CODES and at most an allow-listed exception class name,
+and an output whose shape the manifest does not allow is refused here, before it is written.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import io
 import os
 import resource
 import socket
@@ -25,6 +33,10 @@ if TYPE_CHECKING:  # imported in serve(): torch and numpy load after the limits 
     from connector.compute.sandbox_wire import SharedRegion
 
 CLONE_NEWNET = 0x40000000
+PR_GET_SECCOMP = 21
+PR_GET_NO_NEW_PRIVS = 39
+SECCOMP_MODE_FILTER = 2
+_ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc")
 
 
 def _no_network(*_args: Any, **_kwargs: Any) -> NoReturn:
@@ -58,10 +70,89 @@ def limit_resources(limits: dict[str, Any]) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
 
-def _error(stream: BinaryIO, code: str, detail: str) -> None:
-    from connector.compute.sandbox_wire import write_message
+def _error(stream: BinaryIO, code: str, exc: BaseException | None = None) -> None:
+    """One error frame: a code, and the exception's class name only where it is on the list."""
+    from connector.compute.sandbox_wire import ERROR_CODES, EXCEPTION_NAMES, write_message
 
-    write_message(stream, {"kind": "error", "code": code, "detail": detail[:2000]})
+    message: dict[str, Any] = {"kind": "error", "code": code if code in ERROR_CODES else "model_failed"}
+    if exc is not None and type(exc).__name__ in EXCEPTION_NAMES:
+        message["exception"] = type(exc).__name__
+    write_message(stream, message)
+
+
+def failure_code(exc: BaseException, filtered: bool) -> str:
+    """The code of a failure on a batch. The exception's text is read here, inside the sandbox, only
+    to tell its cause apart; it never leaves."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for item in chain:
+        if isinstance(item, MemoryError) or type(item).__name__ == "OutOfMemoryError":
+            return "out_of_memory"
+    text = " ".join(str(item).lower()[:4000] for item in chain)
+    if any(marker in text for marker in _ALLOCATION_FAILURES):
+        return "out_of_memory"
+    if filtered and (
+        any(isinstance(item, OSError) and item.errno == errno.EPERM for item in chain)
+        or "operation not permitted" in text
+    ):
+        return "forbidden_syscall"
+    return "model_failed"
+
+
+def _prctl(option: int) -> int:
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, 0, 0, 0, 0))
+    except (OSError, AttributeError):
+        return -1
+
+
+def layers_held(limits: dict[str, Any]) -> dict[str, Any]:
+    """What this process can see of its own confinement (the worker checks it against its plan)."""
+    cpu = resource.getrlimit(resource.RLIMIT_CPU)[0]
+    memory = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return {
+        "uid": os.getuid(),
+        "pid": os.getpid(),
+        "no_new_privs": _prctl(PR_GET_NO_NEW_PRIVS) == 1,
+        "seccomp": _prctl(PR_GET_SECCOMP) == SECCOMP_MODE_FILTER,
+        "rlimits": cpu != resource.RLIM_INFINITY
+        and (memory != resource.RLIM_INFINITY or limits.get("device") != "cpu"),
+    }
+
+
+def _load(package_bytes: bytes, limits: dict[str, Any]) -> tuple[Any, Any]:
+    """The checked model and its manifest. `skip_code_scan` (set only by the tests of the OS
+    layers) loads TorchScript without the code scan, to show the sandbox holds on its own."""
+    import torch
+
+    from connector.compute.networks import check_model, dry_run
+    from connector.compute.package import read_package
+
+    package = read_package(package_bytes)
+    if limits.get("skip_code_scan") is True and package.manifest.framework != "monai":
+        model = torch.jit.load(io.BytesIO(package.weights), map_location="cpu").eval()
+        dry_run(model, package.manifest)
+    else:
+        model = check_model(package)
+    return model, package.manifest
+
+
+def _check_input(batch: Any, input_shape: list[int]) -> bool:
+    return list(batch.shape[1:]) == input_shape and batch.shape[0] >= 1
+
+
+def _check_output(output: Any, batch_size: int, allowed: list[list[int]]) -> bool:
+    """An output the worker may read: one finite float tensor of a shape the manifest allows, its
+    first dimension the batch's size."""
+    import torch
+
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+        return False
+    shape = list(output.shape)
+    return bool(shape[:1] == [batch_size] and [1, *shape[1:]] in allowed and torch.isfinite(output).all())
 
 
 def _batches(
@@ -122,58 +213,82 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         import torch
 
         from connector.compute.inference import InProcessPredictor
-        from connector.compute.networks import check_model
-        from connector.compute.package import read_package
+        from connector.compute.networks import expected_output_shapes
 
         torch.set_num_threads(max(1, int(limits.get("threads", 1))))
-        model = check_model(read_package(package_bytes))
+        model, manifest = _load(package_bytes, limits)
         device = torch.device(limits.get("device", "cpu"))
         if device.type == "cuda" and isinstance(limits.get("gpu_memory_fraction"), float):
             torch.cuda.set_per_process_memory_fraction(limits["gpu_memory_fraction"], device)
         predict = InProcessPredictor(model, device)
-    except MemoryError:
-        _error(stdout, "out_of_memory", "the model does not fit in the memory limit")
-        return 3
-    except Exception as exc:
-        _error(stdout, "model_refused", f"{type(exc).__name__}: {exc}")
-        return 2
-    del package_bytes
-    write_message(stdout, {"kind": "ready", "network": isolation, "device": predict.device})
+        input_shape = [manifest.input.channels, *manifest.input.spatial_size]
+        allowed = expected_output_shapes(manifest)
+        # One batch through the whole path before the filter: every lazy import and first-call
+        # set-up of torch and numpy happens now, while files can still be opened.
+        _check_output(predict(torch.zeros([1, *input_shape])), 1, allowed)
+    except Exception as exc:  # MemoryError included
+        out_of_memory = failure_code(exc, False) == "out_of_memory"
+        _error(stdout, "out_of_memory" if out_of_memory else "model_refused", exc)
+        return 3 if out_of_memory else 2
+    del package_bytes, model
+    filtered = False
+    if limits.get("seccomp") is True:
+        from connector.compute.isolation import install_seccomp
+
+        try:
+            install_seccomp()
+            filtered = True
+        except Exception:  # noqa: S110 (the worker sees the missing layer in the ready message)
+            pass
+    write_message(
+        stdout,
+        {"kind": "ready", "network": isolation, "device": predict.device, "layers": layers_held(limits)},
+    )
     while True:
         header = read_message(stdin)
         if header.get("kind") == "stop":
             return 0
         batches = _batches(stdin, header, region)
+        if not all(_check_input(batch, input_shape) for batch, _ in batches):
+            _error(stdout, "input_refused")
+            return 4
         try:
             # Every batch of the message first, then the answers: the worker wakes once for them.
-            outputs = [(predict(batch), layout) for batch, layout in batches]
-            del batches  # no view of the region outlives its batch (the worker may remap it)
-            for output, layout in outputs:
-                _answer(stdout, output, layout, region)
-            stdout.flush()
-        except MemoryError:
-            _error(stdout, "out_of_memory", "the model ran out of memory on a batch")
-            return 3
-        except torch.cuda.OutOfMemoryError:
-            _error(stdout, "out_of_memory", "the model ran out of GPU memory on a batch")
-            return 3
-        except Exception as exc:
-            # The model's own failure (shape mismatch, unsupported op): its message, not a trace.
-            _error(stdout, "model_failed", f"{type(exc).__name__}: {exc}")
+            outputs = [(predict(batch), layout, batch.shape[0]) for batch, layout in batches]
+        except Exception as exc:  # MemoryError included: its code tells it apart
+            code = failure_code(exc, filtered)
+            _error(stdout, code, exc)
+            return 3 if code == "out_of_memory" else 4
+        del batches  # no view of the region outlives its batch (the worker may remap it)
+        if not all(_check_output(output, size, allowed) for output, _, size in outputs):
+            # Refused here: not one number of it is written for the worker to read.
+            _error(stdout, "output_refused")
             return 4
+        for output, layout, _ in outputs:
+            _answer(stdout, output, layout, region)
+        stdout.flush()
 
 
 def main() -> int:
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    # Whatever the model or a library prints must not corrupt the frames on stdout.
+    stdin = sys.stdin.buffer
+    # The frames go out on a copy of stdout; fd 1 itself becomes stderr, so that nothing the model
+    # or a library prints (Python's print, TorchScript's print to C++'s std::cout) can corrupt or
+    # forge a frame. stderr reaches only the operator's log, as a length and a hash.
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
         return serve(stdin, stdout)
     except Exception as exc:  # the wire broke: say so on stderr, the parent reads the exit code
-        print(f"model process failed: {exc}", file=sys.stderr)
+        print(f"model process failed: {type(exc).__name__}", file=sys.stderr)
         traceback.print_exc(limit=3, file=sys.stderr)
         return 5
 
 
+def run() -> None:
+    """The entry point inside the sandbox; no atexit handlers of the model's libraries."""
+    os._exit(main())
+
+
 if __name__ == "__main__":
-    os._exit(main())  # no atexit handlers of the model's libraries
+    run()

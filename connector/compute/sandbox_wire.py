@@ -32,6 +32,28 @@ _LENGTH = struct.Struct(">I")
 PAGE = mmap.PAGESIZE
 
 
+# The only reasons the model process may give for failing: a code of this set, and at most the
+# class name of the exception from the list below. Nothing the model wrote travels as text.
+ERROR_CODES = frozenset(
+    {
+        "model_refused",  # the package's model did not load or failed its dry run
+        "out_of_memory",  # MemoryError, an allocation refused under RLIMIT_AS, CUDA out of memory
+        "input_refused",  # a batch that does not have the shape of the manifest's input spec
+        "model_failed",  # the model raised on a batch
+        "output_refused",  # an output that is not a finite float tensor of an allowed shape
+        "forbidden_syscall",  # the model tried a system call the seccomp filter refuses
+        "protocol",  # the worker sent something that is not the protocol
+    }
+)
+EXCEPTION_NAMES = frozenset(
+    {
+        "RuntimeError", "ValueError", "TypeError", "IndexError", "KeyError", "AssertionError",
+        "NotImplementedError", "ZeroDivisionError", "MemoryError", "OutOfMemoryError", "PermissionError",
+        "OSError", "AttributeError", "PackageError", "JITException",
+    }
+)  # fmt: skip
+
+
 class WireError(Exception):
     """The other side sent something that is not a frame of the protocol, or went away."""
 
