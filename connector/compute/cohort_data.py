@@ -96,6 +96,29 @@ def select_studies(
         ]
 
 
+def runnable_studies(
+    runtime: Runtime, dataset: str, studies: list[CohortStudy], modalities: Iterable[str]
+) -> list[CohortStudy]:
+    """The studies of `studies` that hold an image of one of `modalities`: those the model can be
+    given, counted before it runs (from the index; nothing is decrypted). The cohort a job's k is
+    checked on is the patients of these, not of every study the filter matched: a model whose
+    manifest wants MR sees only the patients with MR studies, however many the filter counted. A
+    study that still yields no tensor is skipped at run time, and the release counts only the
+    patients whose studies gave an output."""
+    wanted = sorted(set(modalities))
+    if not studies or not wanted:
+        return []
+    with runtime.sessions() as session:
+        having = set(
+            session.execute(
+                select(ObjectRecord.study_uid)
+                .where(ObjectRecord.dataset == dataset, ObjectRecord.modality.in_(wanted))
+                .distinct()
+            ).scalars()
+        )
+    return [study for study in studies if study.study_uid in having]
+
+
 def decrypted_instances(
     runtime: Runtime, dataset: str, study: CohortStudy, modalities: Iterable[str] | None = None
 ) -> list[pydicom.Dataset]:

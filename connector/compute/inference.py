@@ -131,7 +131,9 @@ def _prefetched(items: Iterable[StudyInput], depth: int = 4) -> Iterator[StudyIn
                 worker.join(timeout=0.05)
 
 
-def _per_study(output: torch.Tensor, manifest: Manifest) -> list[dict[str, float]]:
+def _per_study(
+    output: torch.Tensor, manifest: Manifest, decimals: int | None = None
+) -> list[dict[str, float]]:
     # numpy, not torch: torch's OpenMP threads in the worker would busy-wait after each small op,
     # on the very cores the model process computes on.
     labels = manifest.output.labels
@@ -146,6 +148,9 @@ def _per_study(output: torch.Tensor, manifest: Manifest) -> list[dict[str, float
             )
         shifted = np.exp(values - values.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        if decimals is not None:
+            # Quantised here, once per batch in numpy: the release channel carries no more precision.
+            probabilities = np.round(probabilities, decimals)
         return [dict(zip(labels, row.tolist(), strict=True)) for row in probabilities]
     expected = (len(labels), *spec.spatial_size)
     if tuple(values.shape[1:]) != expected:
@@ -156,13 +161,11 @@ def _per_study(output: torch.Tensor, manifest: Manifest) -> list[dict[str, float
     voxel = math.prod(spec.spacing_mm) if spec.spacing_mm else 1.0
     scale = voxel / 1000.0 if spec.dimensions == 3 else voxel
     winners = values.argmax(axis=1).reshape(values.shape[0], -1)
-    return [
-        {
-            label: float(count) * scale
-            for label, count in zip(labels, np.bincount(row, minlength=len(labels)).tolist(), strict=False)
-        }
-        for row in winners
-    ]
+    counts = np.stack([np.bincount(row, minlength=len(labels))[: len(labels)] for row in winners])
+    sizes = counts.astype(np.float64) * scale
+    if decimals is not None:
+        sizes = np.round(sizes, decimals)
+    return [dict(zip(labels, row.tolist(), strict=True)) for row in sizes]
 
 
 def run_model(
@@ -173,9 +176,11 @@ def run_model(
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    decimals: int | None = None,
 ) -> tuple[list[StudyOutput], RunStats]:
     """Every study's output, in input order, or ModelOutputError; `on_batch(n)` reports progress,
-    `should_stop()` (checked between batches) ends the run early with InterruptedError."""
+    `should_stop()` (checked between batches) ends the run early with InterruptedError; with
+    `decimals`, each value is rounded to that many decimals (the release channel's precision)."""
     outputs: list[StudyOutput] = []
     skipped: dict[str, str] = {}
     batches = 0
@@ -189,7 +194,7 @@ def run_model(
         nonlocal batches
         if result.shape[0] != len(items):
             raise ModelOutputError(f"the model returned {result.shape[0]} outputs for {len(items)} studies")
-        for item, values in zip(items, _per_study(result, manifest), strict=True):
+        for item, values in zip(items, _per_study(result, manifest, decimals), strict=True):
             outputs.append(StudyOutput(item.study_uid, values))
         batches += 1
         if on_batch:

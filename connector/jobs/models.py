@@ -8,7 +8,7 @@ the permit's signature check found.
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from connector.db.base import Base
@@ -57,3 +57,17 @@ class Job(Base):
     result: Mapped[str | None] = mapped_column(Text, nullable=True)  # the signed result (JWS)
     # The DSP contract agreement a peer's job runs under ("" for jobs of local researchers).
     agreement_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+
+
+class ReleaseBudget(Base):
+    """Numbers released to one team from one dataset, ever: the egress policy compares it with the
+    dataset's max_released_numbers. Charged in the same transaction that marks a job's release;
+    a row is only ever increased (a DPO raises the limit in the policy, never lowers `used`)."""
+
+    __tablename__ = "release_budgets"
+
+    team: Mapped[str] = mapped_column(String(200), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(64), primary_key=True)
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+    releases: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[str] = mapped_column(String(32), default="")

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from connector.compute.cohort_data import CohortFilter
+from connector.crypto.dataset_secrets import DATASET_NAME_PATTERN
 
 Value = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -30,7 +31,7 @@ class CohortQuery(BaseModel):
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = Field(min_length=1, max_length=64)
+    dataset: str = Field(pattern=DATASET_NAME_PATTERN)
     purpose: str = Field(min_length=1, max_length=64, description="EHDS purpose code, e.g. ai-development")
     permit: str = Field(min_length=1, max_length=16_384, description="The data permit (JWT) from the HDAB")
     cohort: CohortQuery = Field(default_factory=CohortQuery)

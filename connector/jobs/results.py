@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import numpy as np
 
 from connector.compute.inference import StudyOutput
 from connector.compute.manifest import Manifest
 from connector.crypto.signing import ConnectorSigningKey
 
 RESULT_TYPE = "connector-result+jwt"
+DEFAULT_DECIMALS = 2  # per-study precision when the policy names none (it then denies anyway)
 
 
 class ResultError(Exception):
@@ -37,47 +39,76 @@ def _opaque_order(outputs: list[StudyOutput]) -> list[StudyOutput]:
     return sorted(outputs, key=lambda o: hashlib.sha256(o.study_uid.encode()).hexdigest())
 
 
+def _carries_pixels(value: Any) -> bool:
+    """Whether a released value holds an image or a mask: any nested array of numbers (a row of a
+    picture) rather than one number per label. Worked out from the body itself, so a future kind
+    that releases masks is described as it is, never assumed away."""
+    if isinstance(value, dict):
+        return any(_carries_pixels(item) for item in value.values())
+    if isinstance(value, list):
+        return any(isinstance(item, list | tuple) or _carries_pixels(item) for item in value)
+    return False
+
+
 def build_result(
     outputs: list[StudyOutput],
     manifest: Manifest,
     provenance: dict[str, Any],
     cohort_patients: int,
     suppress: Any,
+    decimals: int = DEFAULT_DECIMALS,
 ) -> ResultDocument:
     """The result body and its egress description. `suppress(counts) -> shown counts` applies the
-    dataset's small-cell rule (numbers at or above k as they are, "<k" below)."""
-    labels = manifest.output.labels
+    dataset's small-cell rule (numbers at or above k as they are, "<k" below). Per-study values are
+    quantised to `decimals` (the dataset's per_study_decimals), cohort means to two more; the
+    description says what the result carries (labels, decimals, studies, every number released)
+    so that the egress policy decides on the channel, not on trust."""
+    labels = list(manifest.output.labels)
     kind = manifest.output.kind
     count = len(outputs)
-    means = {label: (sum(o.values[label] for o in outputs) / count if count else 0.0) for label in labels}
-    aggregate: dict[str, Any] = {"studies": count, "mean": {k: round(v, 6) for k, v in means.items()}}
+    ordered = _opaque_order(outputs)
+    # One matrix (studies x labels), quantised in numpy: whatever precision the model produced,
+    # no released value carries more than the dataset allows.
+    matrix = np.array([[o.values[label] for label in labels] for o in ordered], dtype=np.float64)
+    matrix = np.round(matrix.reshape(count, len(labels)), decimals)
+    means = matrix.mean(axis=0) if count else np.zeros(len(labels))
+    mean_values = np.round(means, decimals + 2).tolist()
+    aggregate: dict[str, Any] = {"studies": count, "mean": dict(zip(labels, mean_values, strict=True))}
+    numbers = 1 + len(labels)
     cells: list[int] = []
     if kind in ("classification", "aggregate-metrics"):
-        predicted = Counter(max(o.values, key=o.values.__getitem__) for o in outputs)
+        predicted = Counter(labels[index] for index in matrix.argmax(axis=1).tolist()) if count else Counter()
         raw = {label: predicted.get(label, 0) for label in labels}
         shown = suppress(raw)
         aggregate["predicted"] = shown
+        numbers += len(shown)
         cells = [value for value in shown.values() if isinstance(value, int)]
     body: dict[str, Any] = {
         **provenance,
         "output_kind": kind,
-        "labels": list(labels),
+        "labels": labels,
         "aggregate": aggregate,
     }
     per_study = kind != "aggregate-metrics"
     if per_study:
         body["per_study"] = [
-            {"index": index, "values": {k: round(v, 6) for k, v in output.values.items()}}
-            for index, output in enumerate(_opaque_order(outputs), start=1)
+            {"index": index, "values": dict(zip(labels, row, strict=True))}
+            for index, row in enumerate(matrix.tolist(), start=1)
         ]
+        body["per_study_decimals"] = decimals
+        numbers += count * len(labels)
     size = len(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
     release = {
         "kind": "per-study" if per_study else "aggregate",
         "cohort_size": cohort_patients,
         "min_cell": min(cells) if cells else None,
-        "contains_pixels": False,
+        "contains_pixels": _carries_pixels(body.get("per_study", [])) or _carries_pixels(aggregate),
         "contains_pseudonyms": False,
         "bytes": size,
+        "labels": len(labels),
+        "decimals": decimals if per_study else None,
+        "studies": count,
+        "numbers": numbers,
     }
     return ResultDocument(body, release)
 

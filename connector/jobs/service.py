@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import select, update
 
 from connector.audit.log import utc_now_text
-from connector.compute.cohort_data import CohortFilter, select_studies
+from connector.compute.cohort_data import CohortFilter, runnable_studies, select_studies
 from connector.compute.package import PackageError, read_package
 from connector.compute.package_signing import SignatureError, TeamKeyRegistry, verify_package_signature
 from connector.identity.principal import Principal
+from connector.jobs.failures import MODEL_FAILURES
 from connector.jobs.models import FINAL_STATES, Job
 from connector.jobs.requests import JobRequest
 from connector.runtime import Runtime
@@ -60,6 +61,14 @@ class JobView:
     has_result: bool
 
 
+def _reasons_of(job: Job) -> list[str]:
+    # A failure the model could cause is shown as its fixed sentence whatever the row holds, so a
+    # row written before failures were fixed sentences cannot carry a model's text out either.
+    if job.state == "failed" and job.error_code in MODEL_FAILURES:
+        return [MODEL_FAILURES[job.error_code]]
+    return [str(reason) for reason in json.loads(job.reasons)]
+
+
 def view_of(job: Job) -> JobView:
     return JobView(
         id=job.id,
@@ -68,7 +77,7 @@ def view_of(job: Job) -> JobView:
         purpose=job.purpose,
         model=job.model,
         package_digest=job.package_digest,
-        reasons=json.loads(job.reasons),
+        reasons=_reasons_of(job),
         error_code=job.error_code,
         policy_version=job.policy_version,
         cohort_size=job.cohort_size,
@@ -90,9 +99,15 @@ def cohort_hash(dataset: str, study_uids: list[str]) -> str:
     return digest.hexdigest()
 
 
-def cohort_patients(runtime: Runtime, dataset: str, cohort: CohortFilter) -> int:
-    """Patients with a study matching the filter, before consent (the policy then excludes)."""
-    return len({study.pseudonym for study in select_studies(runtime, dataset, cohort, None)})
+def cohort_patients(
+    runtime: Runtime, dataset: str, cohort: CohortFilter, modalities: list[str] | None = None
+) -> int:
+    """Patients with a study matching the filter, before consent (the policy then excludes); with
+    `modalities` (the manifest's), only patients with a study the model can read count."""
+    studies = select_studies(runtime, dataset, cohort, None)
+    if modalities is not None:
+        studies = runnable_studies(runtime, dataset, studies, modalities)
+    return len({study.pseudonym for study in studies})
 
 
 def submit(
@@ -124,7 +139,9 @@ def submit(
             "country": principal.country,
         },
         "permit": request.permit,
-        "cohort": {"size": cohort_patients(runtime, request.dataset, cohort)},
+        "cohort": {
+            "size": cohort_patients(runtime, request.dataset, cohort, list(package.manifest.input.modalities))
+        },
     }
     prepared = runtime.policy.access_input(document)
     if isinstance(prepared, list):

@@ -46,6 +46,20 @@ class ReleaseResult(BaseModel):
     contains_pixels: bool = False
     contains_pseudonyms: bool = False
     bytes: int = Field(ge=0)
+    # The release channel (egress.rego caps each): labels per study, decimals of per-study values
+    # (null for an aggregate), studies the result describes, and every number it releases.
+    labels: int = Field(ge=0)
+    decimals: int | None = Field(ge=0)
+    studies: int = Field(ge=0)
+    numbers: int = Field(ge=0)
+
+
+class ReleaseBudget(BaseModel):
+    """Numbers already released to the job's team from this dataset (the limit is the DPO's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    used: int = Field(ge=0)
 
 
 class ReleaseRequest(BaseModel):
@@ -54,6 +68,7 @@ class ReleaseRequest(BaseModel):
     action: Literal["release"] = "release"
     dataset: str = Field(min_length=1, max_length=64)
     result: ReleaseResult
+    budget: ReleaseBudget
 
 
 def problems(error: ValidationError) -> list[str]:

@@ -8,7 +8,10 @@ settings := {
 		"purposes": ["scientific-research", "ai-development"],
 		"countries": ["DE", "FR", "NL"],
 		"k": 10,
-		"egress": {"allow_pixels": false, "allow_pseudonyms": false, "max_result_bytes": 1000},
+		"egress": {
+			"allow_pixels": false, "allow_pseudonyms": false, "max_result_bytes": 1000,
+			"per_study_decimals": 2, "max_labels": 16, "max_released_numbers": 100,
+		},
 	},
 	"datasets": {
 		"ds": {"k": 5, "egress": {"allow_pixels": true}},
@@ -52,7 +55,11 @@ access_request := {
 release_request := {
 	"action": "release",
 	"dataset": "ds",
-	"result": {"kind": "aggregate", "cohort_size": 42, "min_cell": 6, "contains_pixels": false, "contains_pseudonyms": false, "bytes": 100},
+	"result": {
+		"kind": "aggregate", "cohort_size": 42, "min_cell": 6, "contains_pixels": false, "contains_pseudonyms": false,
+		"bytes": 100, "labels": 2, "decimals": null, "studies": 42, "numbers": 5,
+	},
+	"budget": {"used": 0},
 }
 
 api_request := {"action": "api", "method": "GET", "route": "/v1/audit", "roles": ["dpo"]}
@@ -234,6 +241,7 @@ test_release_allowed if {
 			`aggregate result of a cohort of 42 patients may leave dataset "ds"`,
 			"every result cell counts at least 5 patients (smallest: 6)",
 			"the result is 100 bytes, within the maximum of 1000",
+			`the result releases 5 numbers; the team's budget for dataset "ds": 0 of 100 used before it`,
 		],
 		"obligations": [],
 	}
@@ -279,7 +287,7 @@ test_dataset_terms_merge_over_the_defaults if {
 	t := decision.dataset_terms("ds") with data.connector.settings as settings
 	t.k == 5
 	t.legal_basis == "public-interest"
-	t.egress == {"allow_pixels": true, "allow_pseudonyms": false, "max_result_bytes": 1000}
+	t.egress == object.union(settings.defaults.egress, {"allow_pixels": true})
 	u := decision.dataset_terms("unlisted") with data.connector.settings as settings
 	u.k == 10
 	u.egress == settings.defaults.egress
@@ -310,7 +318,10 @@ test_shipped_defaults if {
 	defaults := data.connector.settings.defaults
 	defaults.legal_basis == "public-interest"
 	defaults.k == 10
-	defaults.egress == {"allow_pixels": false, "allow_pseudonyms": false, "max_result_bytes": 10485760}
+	defaults.egress == {
+		"allow_pixels": false, "allow_pseudonyms": false, "max_result_bytes": 10485760,
+		"per_study_decimals": 2, "max_labels": 16, "max_released_numbers": 100000,
+	}
 	{c | some c in defaults.countries} == data.connector.jurisdiction.eu_eea
 	count(defaults.countries) == 30
 }

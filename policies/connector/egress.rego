@@ -1,10 +1,14 @@
 # METADATA
 # title: Egress
 # description: >-
-#   What a job may release from the connector. Per-study results need a cohort of at least k
-#   patients (below k only aggregates may leave); no reported cell may count fewer than k
-#   patients; pixel data and pseudonyms leave only when the dataset's "egress" settings allow
-#   them; and a result may not be larger than the dataset's max_result_bytes.
+#   What a job may release from the connector. Every result, aggregates included, needs a
+#   runnable cohort (patients whose studies the model could read) of at least k patients; no
+#   reported cell may count fewer than k patients; pixel data and pseudonyms leave only when the
+#   dataset's "egress" settings allow them; a result may not be larger than max_result_bytes.
+#   The release channel is bounded: at most max_labels labels, per-study values at most
+#   per_study_decimals decimals, and a budget of max_released_numbers numbers per team and
+#   dataset (input.budget.used is what the team has already been released). These caps bound a
+#   covert channel through model outputs; they do not close it.
 package connector.egress
 
 import data.connector.cohort
@@ -27,6 +31,9 @@ ok if {
 	pseudonyms_ok
 	cohort.whole(size_in_bytes)
 	size_in_bytes <= max_bytes
+	labels_ok
+	decimals_ok
+	budget_ok
 }
 
 k := cohort.k
@@ -39,6 +46,20 @@ pixels_allowed if egress_terms.allow_pixels == true
 pseudonyms_allowed if egress_terms.allow_pseudonyms == true
 
 max_bytes := egress_terms.max_result_bytes if is_number(egress_terms.max_result_bytes)
+
+# The bounded release channel (whole numbers in the settings, else nothing is released).
+max_labels := egress_terms.max_labels if cohort.whole(egress_terms.max_labels)
+
+max_decimals := egress_terms.per_study_decimals if cohort.whole(egress_terms.per_study_decimals)
+
+budget_limit := egress_terms.max_released_numbers if cohort.whole(egress_terms.max_released_numbers)
+
+# What the connector applies when it builds a result (it quantises to these before asking).
+release_terms := {
+	"max_labels": max_labels,
+	"per_study_decimals": max_decimals,
+	"max_released_numbers": budget_limit,
+}
 
 # The result described by the request. Its fields are read with object.get so that a missing
 # field is a reason to deny, never an evaluation error; a missing min_cell is not taken as null.
@@ -58,11 +79,48 @@ contains_pseudonyms := object.get(result, "contains_pseudonyms", null)
 
 size_in_bytes := object.get(result, "bytes", null)
 
-size_ok if kind == "aggregate"
+label_count := object.get(result, "labels", null)
 
+decimals := object.get(result, "decimals", "missing")
+
+numbers := object.get(result, "numbers", null)
+
+# What this team has already been released from this dataset (kept by the connector).
+default budget_given := {}
+
+budget_given := input.budget if is_object(input.budget)
+
+budget_used := object.get(budget_given, "used", null)
+
+budget := {"used": budget_used, "limit": budget_limit}
+
+# Every kind of result, aggregates included: an aggregate of one patient is that patient's data.
 size_ok if {
-	kind == "per-study"
+	kind in kinds
 	cohort_size >= k
+}
+
+labels_ok if {
+	cohort.whole(label_count)
+	label_count <= max_labels
+}
+
+# Per-study values carry at most max_decimals decimals; a result with no per-study values says null.
+decimals_ok if {
+	kind == "aggregate"
+	decimals == null
+}
+
+decimals_ok if {
+	kind == "per-study"
+	cohort.whole(decimals)
+	decimals <= max_decimals
+}
+
+budget_ok if {
+	cohort.whole(numbers)
+	cohort.whole(budget_used)
+	budget_used + numbers <= budget_limit
 }
 
 cells_ok if min_cell == null
@@ -102,6 +160,14 @@ reasons contains msg if {
 	msg := sprintf("the result is %v bytes, within the maximum of %v", [size_in_bytes, max_bytes])
 }
 
+reasons contains msg if {
+	ok
+	msg := sprintf(
+		"the result releases %v numbers; the team's budget for dataset %q: %v of %v used before it",
+		[numbers, input.dataset, budget_used, budget_limit],
+	)
+}
+
 # Obligations of a release, given with a denial too: what would make the result releasable.
 obligations contains msg if {
 	cohort.whole(min_cell)
@@ -109,10 +175,17 @@ obligations contains msg if {
 	msg := sprintf("suppress cells below %v", [k])
 }
 
-obligations contains "release aggregate results only" if {
+obligations contains msg if {
+	cohort.whole(label_count)
+	label_count > max_labels
+	msg := sprintf("release at most %v labels", [max_labels])
+}
+
+obligations contains msg if {
 	kind == "per-study"
-	cohort.whole(cohort_size)
-	cohort_size < k
+	cohort.whole(decimals)
+	decimals > max_decimals
+	msg := sprintf("round per-study values to %v decimals", [max_decimals])
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -143,12 +216,77 @@ failures contains msg if {
 }
 
 failures contains msg if {
-	kind == "per-study"
+	kind in kinds
 	cohort.whole(cohort_size)
 	cohort_size < k
 	msg := sprintf(
-		"per-study results need a cohort of at least %v patients; this cohort has %v (only aggregate results may leave)",
-		[k, cohort_size],
+		"%s results need a runnable cohort of at least %v patients; this cohort has %v",
+		[kind, k, cohort_size],
+	)
+}
+
+failures contains "input.result.labels is missing or not a whole number of labels" if {
+	result_given
+	not cohort.whole(label_count)
+}
+
+failures contains msg if {
+	decision.terms
+	not max_labels
+	msg := sprintf("dataset %q has no max_labels whole number in its egress settings", [decision.dataset])
+}
+
+failures contains msg if {
+	cohort.whole(label_count)
+	label_count > max_labels
+	msg := sprintf("the result has %v labels, above the maximum of %v", [label_count, max_labels])
+}
+
+failures contains "input.result.decimals must be null for an aggregate result" if {
+	kind == "aggregate"
+	decimals != null
+}
+
+failures contains "input.result.decimals must be a whole number of decimals for a per-study result" if {
+	kind == "per-study"
+	not cohort.whole(decimals)
+}
+
+failures contains msg if {
+	decision.terms
+	not max_decimals
+	msg := sprintf("dataset %q has no per_study_decimals whole number in its egress settings", [decision.dataset])
+}
+
+failures contains msg if {
+	kind == "per-study"
+	cohort.whole(decimals)
+	decimals > max_decimals
+	msg := sprintf("per-study values have %v decimals, above the maximum of %v", [decimals, max_decimals])
+}
+
+failures contains "input.result.numbers is missing or not a whole number" if {
+	result_given
+	not cohort.whole(numbers)
+}
+
+failures contains "input.budget.used is missing or not a whole number" if {
+	not cohort.whole(budget_used)
+}
+
+failures contains msg if {
+	decision.terms
+	not budget_limit
+	msg := sprintf("dataset %q has no max_released_numbers whole number in its egress settings", [decision.dataset])
+}
+
+failures contains msg if {
+	cohort.whole(numbers)
+	cohort.whole(budget_used)
+	budget_used + numbers > budget_limit
+	msg := sprintf(
+		"the result would release %v numbers; the team has used %v of its budget of %v for dataset %q",
+		[numbers, budget_used, budget_limit, decision.dataset],
 	)
 }
 
