@@ -1,5 +1,9 @@
 """The DPO's view of the audit trail: query, export as JSON lines, verify, checkpoint.
 
+`verify` answers 200 with `ok: false` and machine-readable problem codes when the trail was tampered
+with: the report is the result, not an error of the request. `POST /v1/audit/witness` keeps the signed
+heads of trusted peers (their signature, checked against the trust list, is the authentication).
+
 Reading the trail is itself audited, so the DPO's own look is on the record.
 """
 
@@ -14,7 +18,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from connector.api.security import requires, runtime_of
+from connector.api.errors import ApiError
+from connector.api.security import public, requires, runtime_of
+from connector.audit.heads import SignedHead
+from connector.audit.witnessing import WitnessRefused, witness_head
 from connector.identity.principal import Principal
 from connector.identity.roles import Role
 
@@ -43,13 +50,40 @@ class AuditPage(BaseModel):
     next_after_seq: int | None
 
 
+class ProblemOut(BaseModel):
+    code: str = Field(
+        description="entry_missing, entry_modified, entry_out_of_order, head_missing, tail_deleted, "
+        "checkpoint_signature_invalid, checkpoint_beyond_chain, checkpoint_mismatch, checkpoint_missing, "
+        "heads_file_corrupt, file_head_signature_invalid, file_head_mismatch, database_behind_file"
+    )
+    seq: int
+    message: str
+
+
 class VerificationOut(BaseModel):
     ok: bool
     entries_checked: int
     checkpoints_checked: int
+    heads_checked: int = Field(description="Signed heads in the outside heads file that match the database.")
     last_seq: int
     first_bad_seq: int | None
+    code: str | None = Field(description="Machine-readable code of the first problem (see `problems`).")
     problem: str | None
+    problems: list[ProblemOut]
+    warnings: list[str]
+
+
+class WitnessedHeadIn(BaseModel):
+    """A peer's signed audit head, as its `audit_witness_url` push sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connector_id: str = Field(min_length=1, max_length=256)
+    seq: int = Field(ge=1)
+    entry_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signed_at: str = Field(min_length=1, max_length=32)
+    key_id: str = Field(min_length=1, max_length=64)
+    signature: str = Field(min_length=1, max_length=128)
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -115,7 +149,18 @@ def verify(request: Request, principal: DpoOnly) -> VerificationOut:
         reasons=[result.problem] if result.problem else [],
         roles=principal.roles,
     )
-    return VerificationOut(**result.__dict__)
+    return VerificationOut(
+        ok=result.ok,
+        entries_checked=result.entries_checked,
+        checkpoints_checked=result.checkpoints_checked,
+        heads_checked=result.heads_checked,
+        last_seq=result.last_seq,
+        first_bad_seq=result.first_bad_seq,
+        code=result.code,
+        problem=result.problem,
+        problems=[ProblemOut(code=p.code, seq=p.seq, message=p.message) for p in result.problems],
+        warnings=list(result.warnings),
+    )
 
 
 @router.post("/checkpoint", summary="Sign the current head of the chain now (DPO)")
@@ -123,3 +168,25 @@ def checkpoint(request: Request, principal: DpoOnly) -> dict[str, Any]:
     runtime = runtime_of(request)
     signed = runtime.audit.checkpoint()
     return {"seq": signed[0], "entry_hash": signed[1]} if signed else {"seq": 0, "entry_hash": None}
+
+
+@router.post(
+    "/witness",
+    dependencies=[Depends(public())],
+    summary="Keep a trusted peer's signed audit head (the peer's signature is its authentication)",
+)
+def witness(request: Request, body: WitnessedHeadIn) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    head = SignedHead(body.seq, body.entry_hash, body.signed_at, body.key_id, body.signature)
+    actor = f"peer:{body.connector_id}"
+    try:
+        new = witness_head(
+            runtime.trust, runtime.settings.data_dir / "audit" / "witnessed", body.connector_id, head
+        )
+    except WitnessRefused as exc:
+        if exc.code == "head_forked":  # signed by the peer, so on the record (unsigned junk is not)
+            runtime.audit.record(actor, "audit.witness", body.connector_id, "failure", reasons=[exc.detail])
+        raise ApiError(exc.status, exc.code, exc.detail) from None
+    if new:
+        runtime.audit.record(actor, "audit.witness", body.connector_id, "success", details={"seq": body.seq})
+    return {"connector_id": body.connector_id, "seq": body.seq, "stored": new}
