@@ -13,13 +13,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from connector.cli import _fail, cli_actor, console, runtime_for, settings
+from connector.cli import _fail, cli_actor, console, dataset_name_option, runtime_for, settings
+from connector.policy import sandbox
 from connector.policy.bundle import BundleError, PolicyBundle, default_policies_dir
-from connector.policy.checker import check_bundle, has_errors
+from connector.policy.checker import has_errors
 from connector.policy.consent import ConsentImportError, list_entries, read_rows
 from connector.policy.decision import Decision
 from connector.policy.engine import PolicyEngineError
-from connector.policy.testing import run_tests
+from connector.policy.service import Activation, ApprovalError
 
 policy_app = typer.Typer(
     help="The DPO's Rego policies: check, test, decide, activate, diff.", no_args_is_help=True
@@ -64,7 +65,12 @@ def print_decision(decision: Decision) -> None:
 def policy_check(folder: BundleDir = None, as_json: JsonFlag = False) -> None:
     """Compile the bundle and lint it; exit 1 when it has errors."""
     bundle = _bundle(folder)
-    findings = check_bundle(bundle)
+    try:
+        findings = sandbox.check(bundle, settings().policy_eval_timeout_seconds)
+    except sandbox.EvaluationTimeout as exc:
+        raise _fail(f"evaluation_timeout: {exc}", code=1) from None
+    except PolicyEngineError as exc:
+        raise _fail(f"the bundle cannot be checked: {exc}") from None
     if as_json:
         _print_json({"digest": bundle.digest, "findings": [finding.to_json() for finding in findings]})
     else:
@@ -81,7 +87,9 @@ def policy_test(folder: BundleDir = None, as_json: JsonFlag = False) -> None:
     """Run the Rego unit tests with coverage; exit 1 when any fails."""
     bundle = _bundle(folder)
     try:
-        report = run_tests(bundle)
+        report = sandbox.test(bundle, settings().policy_eval_timeout_seconds)
+    except sandbox.EvaluationTimeout as exc:
+        raise _fail(f"evaluation_timeout: {exc}", code=1) from None
     except PolicyEngineError as exc:
         raise _fail(f"the bundle does not compile: {exc}") from None
     if as_json:
@@ -131,10 +139,17 @@ def policy_activate(
     note: Annotated[str, typer.Option(help="Why this version (kept in the history).")] = "",
     as_json: JsonFlag = False,
 ) -> None:
-    """Check, test and activate a bundle as a new version; a refused bundle leaves the active one."""
+    """Check, test and activate a bundle as a new version; a refused bundle leaves the active one.
+
+    In production mode the activation waits for a second DPO (`policy approve ID`)."""
     bundle = _bundle(folder)
     with runtime_for(settings()) as runtime:
         outcome = runtime.policy.activate(bundle, cli_actor(), note)
+    _print_activation(outcome, as_json)
+
+
+def _print_activation(outcome: Activation, as_json: bool) -> None:
+    """An activation's outcome; exit 1 when refused (a pending one is not a failure)."""
     if as_json:
         _print_json(outcome.to_json())
     else:
@@ -143,15 +158,89 @@ def policy_activate(
         if outcome.tests is not None:
             for result in outcome.tests.failed:
                 console.print(f"[red]FAIL[/] {result.package}.{result.name}: {result.detail}")
+        if outcome.invariants is not None:
+            for failed in outcome.invariants.failed:
+                console.print(f"[red]INVARIANT[/] {failed.name}: {failed.detail}", highlight=False)
+        if outcome.replay is not None:
+            console.print(
+                f"replayed {outcome.replay['replayed']} recent decisions: {outcome.replay['changed']} would "
+                f"change, {outcome.replay['flip_count']} between allow and deny",
+                highlight=False,
+            )
+            for flip in outcome.replay["flips"]:
+                change = f"{flip['policy']} {flip['object']}: {flip['before']} -> {flip['after']}"
+                console.print(f"  #{flip['seq']} {change}", highlight=False)
         label = outcome.version.label if outcome.version else "none"
-        if outcome.activated:
+        if outcome.pending is not None:
+            console.print(
+                f"[yellow]pending:[/] activation #{outcome.pending.id} awaits a second DPO "
+                f"(`connector policy approve {outcome.pending.id}`); still active: {label}",
+                highlight=False,
+            )
+        elif outcome.activated:
             console.print(f"[green]active:[/] {label} ({'; '.join(outcome.reasons)})", highlight=False)
         else:
             console.print(
                 f"[red]refused:[/] {'; '.join(outcome.reasons)}; still active: {label}", highlight=False
             )
-    if not outcome.activated:
+    if not outcome.activated and outcome.pending is None:
         raise typer.Exit(1)
+
+
+@policy_app.command("pending")
+def policy_pending(
+    status: Annotated[str, typer.Option(help="pending, approved, rejected, refused or all.")] = "pending",
+    as_json: JsonFlag = False,
+) -> None:
+    """Activations requested in production mode, waiting for a second DPO."""
+    if status not in ("pending", "approved", "rejected", "refused", "all"):
+        raise _fail(f"--status must be pending, approved, rejected, refused or all (got {status!r})")
+    with runtime_for(settings()) as runtime:
+        rows = runtime.policy.pending(None if status == "all" else status)
+    if as_json:
+        _print_json([row.to_json() for row in rows])
+        return
+    columns = ("id", "digest", "requested at", "by", "note", "changes", "status")
+    table = Table(*columns, title="Pending activations")
+    for row in rows:
+        changes = f"{row.replay.get('changed', 0)} ({row.replay.get('flip_count', 0)} flips)"
+        table.add_row(
+            str(row.id), row.digest[:12], row.requested_at, row.requested_by, row.note, changes, row.status
+        )
+    console.print(table)
+
+
+@policy_app.command("approve")
+def policy_approve(
+    approval_id: Annotated[int, typer.Argument(help="The pending activation's id.")],
+    note: Annotated[str, typer.Option(help="Why approved (audited).")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Approve another DPO's pending activation: every check runs again, then it is activated."""
+    with runtime_for(settings()) as runtime:
+        try:
+            outcome = runtime.policy.approve(approval_id, cli_actor(), note)
+        except LookupError as exc:
+            raise _fail(str(exc)) from None
+        except ApprovalError as exc:
+            raise _fail(f"{exc.code}: {exc}", code=1) from None
+    _print_activation(outcome, as_json)
+
+
+@policy_app.command("reject")
+def policy_reject(
+    approval_id: Annotated[int, typer.Argument(help="The pending activation's id.")],
+    note: Annotated[str, typer.Option(help="Why rejected (audited).")] = "",
+) -> None:
+    """Reject a pending activation (its requester may withdraw it the same way)."""
+    with runtime_for(settings()) as runtime:
+        try:
+            decided = runtime.policy.reject(approval_id, cli_actor(), note)
+        except LookupError as exc:
+            raise _fail(str(exc)) from None
+        except ApprovalError as exc:
+            raise _fail(f"{exc.code}: {exc}", code=1) from None
+    console.print(f"activation #{decided.id} rejected", highlight=False)
 
 
 @policy_app.command("diff")
@@ -163,7 +252,12 @@ def policy_diff(
     """Replay recent recorded decisions under a draft bundle and list what would change."""
     bundle = _bundle(folder)
     with runtime_for(settings()) as runtime:
-        report = runtime.policy.diff(bundle, limit)
+        try:
+            report = runtime.policy.diff(bundle, limit)
+        except sandbox.EvaluationTimeout as exc:
+            raise _fail(f"evaluation_timeout: {exc}", code=1) from None
+        except PolicyEngineError as exc:
+            raise _fail(f"the draft cannot be replayed: {exc}") from None
     if as_json:
         _print_json(report.to_json())
         return
@@ -208,6 +302,13 @@ def policy_rollback(version: Annotated[int, typer.Argument(help="The version to 
             outcome = runtime.policy.rollback(version, cli_actor())
         except LookupError as exc:
             raise _fail(str(exc)) from None
+    if outcome.pending is not None:
+        console.print(
+            f"pending: activation #{outcome.pending.id} awaits a second DPO "
+            f"(`connector policy approve {outcome.pending.id}`)",
+            highlight=False,
+        )
+        return
     if not outcome.activated:
         raise _fail(f"refused: {'; '.join(outcome.reasons)}", code=1)
     console.print(
@@ -215,21 +316,46 @@ def policy_rollback(version: Annotated[int, typer.Argument(help="The version to 
     )
 
 
+_ROWS_SHOWN = 50  # per-row lines printed; the rest (and everything with --json) in the JSON report
+
+
 @consent_app.command("import")
 def consent_import(
-    file: Annotated[Path, typer.Argument(help="CSV or JSON: status + (dataset, pseudonym) or patient_id.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV (first line: the column names) or JSON (a list of objects). Columns: status "
+            "(opted-out, withdrawn or consented) and either patient_id [issuer] [dataset] - the hospital's "
+            "id; without issuer the setting default_patient_id_issuer is used, as patients are keyed "
+            "issuer|patient_id; without dataset the row applies to every dataset - or dataset + pseudonym."
+        ),
+    ],
     erase: Annotated[
         bool,
         typer.Option("--erase", help="Also crypto-shred the studies of opted-out or withdrawn patients."),
     ] = False,
+    strict: Annotated[
+        bool | None,
+        typer.Option(
+            "--strict/--no-strict",
+            help="Fail, importing nothing, when a row matches no patient (default: on with --erase).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Import opt-outs, withdrawals and consents (all or nothing); effective for the next decision."""
-    from connector.policy.optout import import_consent
+    """Import opt-outs, withdrawals and consents (all or nothing); every row is matched and reported."""
+    from connector.policy.consent import first_row_of
+    from connector.policy.optout import UnmatchedRows, import_consent
 
     with runtime_for(settings()) as runtime:
         try:
-            outcome = import_consent(runtime, read_rows(file), file.name, cli_actor(), erase)
+            outcome = import_consent(
+                runtime, read_rows(file), file.name, cli_actor(), erase, strict, first_row_of(file)
+            )
+        except UnmatchedRows as exc:
+            for row in [row for row in exc.rows if not row.matched][:_ROWS_SHOWN]:
+                console.print(f"row {row.row}: {row.status}: matches no patient")
+            raise _fail(f"nothing imported: {exc}", code=1) from None
         except ConsentImportError as exc:
             raise _fail(f"nothing imported: {exc}") from None
     if as_json:
@@ -239,13 +365,71 @@ def consent_import(
     console.print(
         f"imported {outcome.result.entries} entries ({counts}) for {', '.join(outcome.result.datasets)}"
     )
+    for row in outcome.rows[:_ROWS_SHOWN]:
+        found = ", ".join(
+            f"{match.dataset} {match.pseudonym} "
+            + ("(erased before)" if match.erased else f"({match.studies} studies)")
+            for match in row.datasets
+            if match.studies or match.erased
+        )
+        matched = f"matched {found}" if found else "matches NO patient"
+        console.print(f"row {row.row}: {row.status}: {matched}")
+    if outcome.unmatched:
+        console.print(
+            f"{len(outcome.unmatched)} row(s) matched no patient and exclude nobody now: check the issuer "
+            "(setting default_patient_id_issuer) and the ids"
+        )
     for dataset, pseudonym, studies in outcome.shredded:
         console.print(f"shredded {studies} studies of {pseudonym} in {dataset}")
 
 
+@consent_app.command("readmit")
+def consent_readmit(
+    dataset: Annotated[
+        str, typer.Option(help="The dataset that refuses the patient.", callback=dataset_name_option)
+    ],
+    patient: Annotated[str, typer.Option(help="The patient's pseudonym in that dataset (PSN-...).")],
+    reason: Annotated[str, typer.Option(help="Why the erased patient may come back (audited).")],
+) -> None:
+    """Lift the refusal of a shredded or erased patient: a later ingest stores their studies again."""
+    from connector.datasets.refusals import readmit
+
+    with runtime_for(settings()) as runtime:
+        try:
+            readmit(runtime, dataset, patient, reason, cli_actor())
+        except (LookupError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+    console.print(f"patient {patient} may be ingested into {dataset} again (consent entry unchanged)")
+
+
+@consent_app.command("refused")
+def consent_refused(
+    dataset: Annotated[
+        str | None, typer.Option(help="Only this dataset.", callback=dataset_name_option)
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Patients that ingest refuses (shredded or erased), by pseudonym."""
+    from dataclasses import asdict
+
+    from connector.datasets.refusals import list_refusals
+
+    with runtime_for(settings()) as runtime:
+        rows = list_refusals(runtime.sessions, dataset)
+    if as_json:
+        _print_json([asdict(row) for row in rows])
+        return
+    table = Table("dataset", "pseudonym", "reason", "since", "by", title="Refused (erased) patients")
+    for row in rows:
+        table.add_row(row.dataset, row.pseudonym, row.reason, row.recorded_at, row.recorded_by)
+    console.print(table)
+
+
 @consent_app.command("list")
 def consent_list(
-    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Only this dataset.", callback=dataset_name_option)
+    ] = None,
     status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1_000_000)] = 1000,
     as_json: JsonFlag = False,
@@ -268,7 +452,9 @@ def permit_issue(
     organisation: Annotated[str, typer.Option(help="The requester's organisation.")],
     country: Annotated[str, typer.Option(help="Country the data may be processed from (alpha-2).")],
     purpose: Annotated[list[str], typer.Option(help="Permitted purpose code (repeatable).")],
-    dataset: Annotated[list[str], typer.Option(help="Dataset covered (repeatable).")],
+    dataset: Annotated[
+        list[str], typer.Option(help="Dataset covered (repeatable).", callback=dataset_name_option)
+    ],
     valid_days: Annotated[int, typer.Option(help="Validity in days.")] = 30,
     condition: Annotated[list[str] | None, typer.Option(help="Condition attached (repeatable).")] = None,
 ) -> None:

@@ -1,4 +1,5 @@
-"""Tables of the policy domain: activated policy versions, the consent registry, revoked permits.
+"""Tables of the policy domain: activated policy versions, pending activations (four eyes), the consent
+registry, revoked permits.
 
 The consent registry holds only per-dataset pseudonyms, never a patient's hospital identifier.
 """
@@ -46,3 +47,24 @@ class RevokedPermit(Base):
     reason: Mapped[str] = mapped_column(Text)
     revoked_at: Mapped[str] = mapped_column(String(32))
     revoked_by: Mapped[str] = mapped_column(String(200))
+
+
+class PolicyApproval(Base):
+    """An activation requested in production mode, waiting for a second DPO (four eyes).
+
+    The bundle is kept whole, so the approver approves exactly the digest that was requested.
+    """
+
+    __tablename__ = "policy_approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    bundle: Mapped[str] = mapped_column(Text)  # JSON of file name -> text
+    requested_at: Mapped[str] = mapped_column(String(32))
+    requested_by: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str] = mapped_column(Text, default="")
+    replay: Mapped[str] = mapped_column(Text, default="{}")  # JSON: what the replay of recent decisions found
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | approved | rejected | refused
+    decided_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    decision_note: Mapped[str] = mapped_column(Text, default="")

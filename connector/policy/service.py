@@ -5,7 +5,14 @@ always returns a Decision: the engine failing, no active policy or a malformed a
 with a reason (fail closed), logged. Access and release decisions are written to the audit trail
 with their input (the raw permit never: only what its verification found), the policy version and
 digest, so `diff` can replay them under a draft. Activation refuses a bundle that does not compile,
-lacks a decision, or whose Rego tests fail; the active one then stays in force.
+lacks a decision, whose Rego tests fail or cover less than `policy_min_coverage` of its lines, or
+that breaks one of the connector's own invariants (connector.policy.invariants, out of the DPO's
+reach); the active one then stays in force. Every activation replays recent recorded decisions
+under the candidate and shows and audits how many would change (allow <-> deny flips named). In
+production mode (four eyes) an activation or rollback only creates a pending activation that a
+second, different DPO approves (every check re-run on the same digest) or rejects. A draft's Rego
+is only ever evaluated in a child process under `policy_eval_timeout_seconds`
+(connector.policy.sandbox); decisions on the active policy stay in-process.
 
 Several processes (the API, the CLI, workers) share one database: each re-reads the active version
 and the revoked permits at most every `policy_refresh_seconds`, and at once after its own changes.
@@ -23,23 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from connector.audit.log import AuditLog, utc_now_text
 from connector.audit.models import AuditEntry
 from connector.datasets.models import DatasetRecord
 from connector.db.engine import transaction
-from connector.policy import versions
+from connector.policy import sandbox, versions
 from connector.policy.bundle import BundleError, PolicyBundle
-from connector.policy.checker import Finding, check_bundle, has_errors
+from connector.policy.checker import Finding, has_errors
 from connector.policy.consent import CohortSplit, split_cohort
 from connector.policy.decision import POLICIES, Decision, decision_from_document
-from connector.policy.engine import EmbeddedOpaBackend, PolicyBackend, PolicyEngineError, SqlDialect
-from connector.policy.models import RevokedPermit
+from connector.policy.engine import PolicyBackend, PolicyEngineError, SqlDialect
+from connector.policy.invariants import InvariantReport
+from connector.policy.models import PolicyApproval, RevokedPermit
 from connector.policy.permits import PermitCheck, PermitVerifier
 from connector.policy.requests import parse_access, parse_release
-from connector.policy.testing import RegoTestReport, run_tests
+from connector.policy.testing import RegoTestReport
 from connector.policy.versions import VersionInfo
 
 log = logging.getLogger("connector.policy")
@@ -49,12 +57,54 @@ AUDITED = ("access", "release")
 
 
 @dataclass(frozen=True)
+class ActivationGuard:
+    """What an activation must pass beyond compiling (from the settings).
+
+    `four_eyes` (production: `dev_issuer_enabled` false) turns an activation into a pending one that
+    a second DPO approves; `min_coverage` is the share of Rego policy lines the bundle's tests must
+    cover; `eval_timeout` bounds every evaluation of a draft, in seconds.
+    """
+
+    four_eyes: bool = False
+    min_coverage: float = 0.8
+    eval_timeout: float = sandbox.DEFAULT_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class PendingActivation:
+    id: int
+    digest: str
+    requested_at: str
+    requested_by: str
+    note: str
+    replay: dict[str, Any]
+    status: str
+    decided_at: str | None
+    decided_by: str | None
+    decision_note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class ApprovalError(Exception):
+    """An approval or rejection that may not happen; `code` is the machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
 class Activation:
     activated: bool
     version: VersionInfo | None
     findings: tuple[Finding, ...] = ()
     tests: RegoTestReport | None = None
     reasons: tuple[str, ...] = ()
+    invariants: InvariantReport | None = None
+    replay: dict[str, Any] | None = None
+    pending: PendingActivation | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +113,9 @@ class Activation:
             "reasons": list(self.reasons),
             "findings": [finding.to_json() for finding in self.findings],
             "tests": self.tests.to_json() if self.tests else None,
+            "invariants": self.invariants.to_json() if self.invariants else None,
+            "replay": self.replay,
+            "pending": self.pending.to_json() if self.pending else None,
         }
 
 
@@ -92,19 +145,70 @@ class DiffReport:
         }
 
 
+@dataclass(frozen=True)
+class Verification:
+    """What a candidate bundle showed: check findings, its own tests, the connector's invariants."""
+
+    findings: tuple[Finding, ...]
+    tests: RegoTestReport | None  # None when the bundle has errors
+    invariants: InvariantReport | None  # None when the bundle has errors
+
+    def refusals(self, min_coverage: float) -> list[str]:
+        """Why the bundle may not be activated; empty when it may."""
+        if self.tests is None or self.invariants is None:
+            return ["the bundle has errors (see findings)"]
+        reasons = []
+        if not self.tests.results:
+            reasons.append("the bundle has no Rego tests (*_test.rego with test_* rules)")
+        elif self.tests.failed:
+            reasons.append(f"{len(self.tests.failed)} of {len(self.tests.results)} Rego tests fail")
+        if self.tests.coverage < 100.0 * min_coverage:
+            reasons.append(
+                f"the Rego tests cover {self.tests.coverage:.1f}% of the policy lines, below the floor "
+                f"of {100.0 * min_coverage:.0f}% (policy_min_coverage)"
+            )
+        failed = self.invariants.failed
+        if failed:
+            names = "; ".join(f"{r.name}{f' ({r.detail})' if r.detail else ''}" for r in failed[:8])
+            more = f"; and {len(failed) - 8} more" if len(failed) > 8 else ""
+            reasons.append(
+                f"{len(failed)} of {len(self.invariants.results)} connector invariants fail: {names}{more}"
+            )
+        return reasons
+
+
 @functools.lru_cache(maxsize=32)
-def _verified(bundle: PolicyBundle) -> tuple[tuple[Finding, ...], RegoTestReport | None]:
-    findings = tuple(check_bundle(bundle))
-    return findings, None if has_errors(list(findings)) else run_tests(bundle)
+def _verified(bundle: PolicyBundle, timeout: float) -> Verification:
+    answer = sandbox.run("verify", bundle, timeout)
+    findings = sandbox.findings_from_list(answer["findings"])
+    if answer.get("report") is None or answer.get("invariants") is None:
+        return Verification(findings, None, None)
+    return Verification(
+        findings,
+        sandbox.report_from_dict(answer["report"]),
+        sandbox.invariants_from_list(answer["invariants"]),
+    )
 
 
-def verify_bundle(bundle: PolicyBundle) -> tuple[tuple[Finding, ...], RegoTestReport | None]:
-    """The check findings and, when it has no errors, the test report of a bundle.
+def verify_bundle(bundle: PolicyBundle, timeout: float = sandbox.DEFAULT_TIMEOUT_SECONDS) -> Verification:
+    """The check findings, test report and invariants of a bundle, evaluated under `timeout`.
 
     Cached by content: the same files on the same engine give the same answers, and every process
-    start (each test, each CLI call) would otherwise re-run the whole Rego suite.
+    start (each test, each CLI call) would otherwise re-run the whole Rego suite. A timeout raises
+    EvaluationTimeout and is not cached.
     """
-    return _verified(bundle)
+    if has_errors(list(_cheap_findings(bundle))):
+        return Verification(_cheap_findings(bundle), None, None)
+    return _verified(bundle, timeout)
+
+
+def _cheap_findings(bundle: PolicyBundle) -> tuple[Finding, ...]:
+    """Data-file errors found without evaluating anything (no child process needed)."""
+    try:
+        bundle.data  # noqa: B018 - parsing the data files is the check
+    except BundleError as exc:
+        return (Finding("error", None, None, str(exc)),)
+    return ()
 
 
 class PolicyService:
@@ -117,6 +221,7 @@ class PolicyService:
         permits: PermitVerifier,
         initial_bundle_dir: Path,
         refresh_seconds: float = 2.0,
+        guard: ActivationGuard | None = None,
     ) -> None:
         self._sessions = sessions
         self._engine = engine
@@ -125,11 +230,16 @@ class PolicyService:
         self._permits = permits
         self._initial_bundle_dir = initial_bundle_dir
         self._refresh_seconds = refresh_seconds
+        self._guard = guard or ActivationGuard()
         self._lock = threading.RLock()
         self._loaded: VersionInfo | None = None
         self._state_json: str | None = None
         self._checked_at = float("-inf")
         self._filters: dict[tuple[str, str | None, str], str | None] = {}
+
+    @property
+    def guard(self) -> ActivationGuard:
+        return self._guard
 
     @property
     def backend(self) -> PolicyBackend:
@@ -341,55 +451,286 @@ class PolicyService:
 
     # -- the DPO's tools ------------------------------------------------------------------------
 
+    def _verify(self, bundle: PolicyBundle) -> tuple[Verification | None, list[str]]:
+        """The candidate's verification and why it is refused (a timeout or engine failure refuses)."""
+        try:
+            verification = verify_bundle(bundle, self._guard.eval_timeout)
+        except PolicyEngineError as exc:
+            return None, [f"the bundle could not be verified: {exc}"]
+        return verification, verification.refusals(self._guard.min_coverage)
+
+    def _replay_summary(self, bundle: PolicyBundle) -> tuple[dict[str, Any], list[str]]:
+        """How many recent recorded decisions the candidate would change, flips named (shown and audited)."""
+        try:
+            report = self.diff(bundle, compile_check=False)
+        except PolicyEngineError as exc:
+            return {"replayed": 0, "changed": 0, "flips": [], "errors": [str(exc)]}, [
+                f"recent decisions could not be replayed under the bundle: {exc}"
+            ]
+        flips = [
+            {
+                "seq": entry.seq,
+                "policy": entry.policy,
+                "object": entry.object,
+                "before": "allow" if entry.before["allow"] else "deny",
+                "after": "allow" if entry.after["allow"] else "deny",
+            }
+            for entry in report.changed
+            if entry.before["allow"] != entry.after["allow"]
+        ]
+        summary = {
+            "replayed": report.replayed,
+            "changed": len(report.changed),
+            "flip_count": len(flips),
+            "flips": flips[:50],
+            "errors": list(report.errors),
+        }
+        return summary, [f"the bundle could not be replayed: {error}" for error in report.errors]
+
+    def _check(self, bundle: PolicyBundle) -> tuple[Verification | None, dict[str, Any] | None, list[str]]:
+        verification, reasons = self._verify(bundle)
+        if reasons:
+            return verification, None, reasons
+        replay, reasons = self._replay_summary(bundle)
+        return verification, replay, reasons
+
     def activate(
         self, bundle: PolicyBundle, actor: str, note: str = "", *, _refresh: bool = True
     ) -> Activation:
-        """Check, test, load and record `bundle`; a refused bundle leaves the active one in force."""
+        """Check, test and probe `bundle`, then activate it (dev mode) or ask a second DPO (four eyes).
+
+        A refused bundle leaves the active one in force. The checks run in a child process, outside
+        the service lock, so decisions on the active policy are not held up meanwhile.
+        """
+        current = self.refresh(force=True) if _refresh else None
+        verification, replay, reasons = self._check(bundle)
+        if reasons:
+            return self._refused(bundle, actor, "policy.activate", reasons, current, verification, replay)
+        assert verification is not None
+        if current is not None and current.digest == bundle.digest:
+            return self._outcome(True, current, verification, replay, ("this bundle is already active",))
+        if self._guard.four_eyes and _refresh:
+            pending = self._request_approval(bundle, actor, note, replay or {})
+            reason = f"awaiting approval by a second DPO: pending activation #{pending.id}"
+            self._audit_activation(
+                actor, bundle, "pending", [reason], current, "policy.activate", replay, pending.id
+            )
+            return self._outcome(False, current, verification, replay, (reason,), pending)
+        return self._install(bundle, actor, note, current, verification, replay, "policy.activate")
+
+    def _outcome(
+        self,
+        activated: bool,
+        version: VersionInfo | None,
+        verification: Verification | None,
+        replay: dict[str, Any] | None,
+        reasons: Iterable[str],
+        pending: PendingActivation | None = None,
+    ) -> Activation:
+        return Activation(
+            activated,
+            version,
+            verification.findings if verification else (),
+            verification.tests if verification else None,
+            tuple(reasons),
+            verification.invariants if verification else None,
+            replay,
+            pending,
+        )
+
+    def _refused(
+        self,
+        bundle: PolicyBundle,
+        actor: str,
+        action: str,
+        reasons: list[str],
+        current: VersionInfo | None,
+        verification: Verification | None,
+        replay: dict[str, Any] | None,
+        pending_id: int | None = None,
+    ) -> Activation:
+        self._audit_activation(actor, bundle, "refused", reasons, current, action, replay, pending_id)
+        return self._outcome(False, current, verification, replay, reasons)
+
+    def _install(
+        self,
+        bundle: PolicyBundle,
+        actor: str,
+        note: str,
+        current: VersionInfo | None,
+        verification: Verification,
+        replay: dict[str, Any] | None,
+        action: str,
+        pending_id: int | None = None,
+    ) -> Activation:
         with self._lock:
-            current = self.refresh(force=True) if _refresh else None
-            findings, report = verify_bundle(bundle)
-            reasons: list[str] = []
-            if report is None:
-                reasons.append("the bundle has errors (see findings)")
-            else:
-                if not report.results:
-                    reasons.append("the bundle has no Rego tests (*_test.rego with test_* rules)")
-                elif report.failed:
-                    reasons.append(f"{len(report.failed)} of {len(report.results)} Rego tests fail")
-            if not reasons and current is not None and current.digest == bundle.digest:
-                return Activation(True, current, findings, report, ("this bundle is already active",))
-            if not reasons:
-                try:
-                    self._backend.load(bundle, self.state())
-                except PolicyEngineError as exc:
-                    reasons.append(f"the policy engine refused the bundle: {exc}")
-            if reasons:
-                self._audit_activation(actor, bundle, "refused", reasons, current)
+            try:
+                self._backend.load(bundle, self.state())
+            except PolicyEngineError as exc:
                 if current is not None and self._loaded is not None:
                     self._loaded = None  # reload the active version on next use, whatever the backend holds
                     self.refresh(force=True)
-                return Activation(False, current, findings, report, tuple(reasons))
+                return self._refused(
+                    bundle,
+                    actor,
+                    action,
+                    [f"the policy engine refused the bundle: {exc}"],
+                    current,
+                    verification,
+                    replay,
+                    pending_id,
+                )
             version = versions.record_activation(self._sessions, bundle, actor, note)
             self._loaded, self._state_json = version, json.dumps(self.state(), sort_keys=True)
             self._checked_at = time.monotonic()
-            self._audit_activation(actor, bundle, "success", [f"activated as {version.label}"], current)
-            return Activation(True, version, findings, report, (f"activated as {version.label}",))
+        self._audit_activation(
+            actor, bundle, "success", [f"activated as {version.label}"], current, action, replay, pending_id
+        )
+        return self._outcome(True, version, verification, replay, (f"activated as {version.label}",))
 
     def _audit_activation(
-        self, actor: str, bundle: PolicyBundle, outcome: str, reasons: list[str], previous: VersionInfo | None
+        self,
+        actor: str,
+        bundle: PolicyBundle,
+        outcome: str,
+        reasons: list[str],
+        previous: VersionInfo | None,
+        action: str = "policy.activate",
+        replay: dict[str, Any] | None = None,
+        pending_id: int | None = None,
     ) -> None:
         self._audit.record(
             actor=actor,
-            action="policy.activate",
+            action=action,
             object=bundle.digest,
             outcome=outcome,
             reasons=reasons,
-            details={"previous": previous.label if previous else None, "files": sorted(bundle.files)},
+            details={
+                "previous": previous.label if previous else None,
+                "files": sorted(bundle.files),
+                "replay": replay,
+                "pending_id": pending_id,
+            },
         )
 
     def rollback(self, version: int, actor: str) -> Activation:
+        """Bring an earlier version back: the same checks (and, in production, the same approval)."""
         info, bundle = versions.load_version(self._sessions, version)
         return self.activate(bundle, actor, f"rollback to {info.label}")
+
+    # -- four eyes ------------------------------------------------------------------------------
+
+    def _request_approval(
+        self, bundle: PolicyBundle, actor: str, note: str, replay: dict[str, Any]
+    ) -> PendingActivation:
+        with transaction(self._sessions) as session:
+            row = PolicyApproval(
+                digest=bundle.digest,
+                bundle=bundle.to_json(),
+                requested_at=utc_now_text(),
+                requested_by=actor[:200],
+                note=note,
+                replay=json.dumps(replay),
+                status="pending",
+                decision_note="",
+            )
+            session.add(row)
+            session.flush()
+            return _pending(row)
+
+    def pending(self, status: str | None = "pending", limit: int = 100) -> list[PendingActivation]:
+        """Pending activations (or those with `status`; None: all), newest first."""
+        query = select(PolicyApproval).order_by(PolicyApproval.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(PolicyApproval.status == status)
+        with self._sessions() as session:
+            return [_pending(row) for row in session.execute(query).scalars()]
+
+    def _claim(self, approval_id: int, actor: str, status: str, note: str) -> PendingActivation:
+        """Move a pending activation to `status`; ApprovalError when it is no longer pending."""
+        with transaction(self._sessions) as session:
+            # Conditional on still being pending, so two DPOs (or processes) cannot both decide it.
+            claimed = session.execute(
+                update(PolicyApproval)
+                .where(PolicyApproval.id == approval_id, PolicyApproval.status == "pending")
+                .values(status=status, decided_at=utc_now_text(), decided_by=actor[:200], decision_note=note)
+            ).rowcount
+            row = session.get(PolicyApproval, approval_id)
+            if row is None:
+                raise LookupError(f"there is no pending activation #{approval_id}")
+            if not claimed:
+                raise ApprovalError("not_pending", f"activation #{approval_id} is already {row.status}")
+            return _pending(row)
+
+    def _load_pending(self, approval_id: int) -> tuple[PendingActivation, PolicyBundle]:
+        with self._sessions() as session:
+            row = session.get(PolicyApproval, approval_id)
+            if row is None:
+                raise LookupError(f"there is no pending activation #{approval_id}")
+            info, bundle = _pending(row), PolicyBundle.from_json(row.bundle)
+        if info.status != "pending":
+            raise ApprovalError("not_pending", f"activation #{approval_id} is already {info.status}")
+        if bundle.digest != info.digest:
+            raise ApprovalError(
+                "digest_mismatch", f"the stored bundle of #{approval_id} does not match its digest"
+            )
+        return info, bundle
+
+    def approve(self, approval_id: int, actor: str, note: str = "") -> Activation:
+        """A second DPO's approval: every check again on the same digest, then activation.
+
+        The requester may not approve their own activation (ApprovalError "same_dpo", audited);
+        LookupError for an unknown id; ApprovalError "not_pending" once it was decided.
+        """
+        info, bundle = self._load_pending(approval_id)
+        if actor == info.requested_by:
+            reason = "four eyes: the DPO who requested an activation cannot approve it; a second DPO must"
+            self._audit_activation(actor, bundle, "refused", [reason], None, "policy.approve", None, info.id)
+            raise ApprovalError("same_dpo", reason)
+        current = self.refresh(force=True)
+        verification, replay, reasons = self._check(bundle)
+        if reasons:
+            self._claim(approval_id, actor, "refused", "; ".join(reasons)[:2000])
+            return self._refused(
+                bundle, actor, "policy.approve", reasons, current, verification, replay, info.id
+            )
+        assert verification is not None
+        self._claim(approval_id, actor, "approved", note)
+        if current is not None and current.digest == bundle.digest:
+            self._audit_activation(
+                actor,
+                bundle,
+                "success",
+                ["this bundle is already active"],
+                current,
+                "policy.approve",
+                replay,
+                info.id,
+            )
+            return self._outcome(True, current, verification, replay, ("this bundle is already active",))
+        combined = (
+            f"{info.note} (requested by {info.requested_by} as #{info.id}; approved by {actor}"
+            + (f": {note})" if note else ")")
+        ).strip()
+        return self._install(
+            bundle, actor, combined, current, verification, replay, "policy.approve", info.id
+        )
+
+    def reject(self, approval_id: int, actor: str, note: str = "") -> PendingActivation:
+        """Reject (or, by its requester, withdraw) a pending activation; audited."""
+        info, bundle = self._load_pending(approval_id)
+        decided = self._claim(approval_id, actor, "rejected", note)
+        self._audit_activation(
+            actor,
+            bundle,
+            "success",
+            [f"pending activation #{info.id} rejected: {note}".strip()],
+            None,
+            "policy.reject",
+            None,
+            info.id,
+        )
+        return decided
 
     def history(self, limit: int = 50) -> list[VersionInfo]:
         return versions.history(self._sessions, limit)
@@ -397,8 +738,11 @@ class PolicyService:
     def active(self) -> VersionInfo | None:
         return self.refresh(force=True)
 
-    def diff(self, draft: PolicyBundle, limit: int = 200) -> DiffReport:
-        """Replay the last `limit` recorded access and release decisions under `draft`."""
+    def diff(self, draft: PolicyBundle, limit: int = 200, *, compile_check: bool = True) -> DiffReport:
+        """Replay the last `limit` recorded access and release decisions under `draft`.
+
+        Raises EvaluationTimeout (a PolicyEngineError) when the draft's evaluation passes the deadline.
+        """
         with self._sessions() as session:
             rows = list(
                 session.execute(
@@ -408,41 +752,43 @@ class PolicyService:
                     .limit(limit)
                 ).scalars()
             )
-        backend = EmbeddedOpaBackend()
-        try:
-            backend.load(draft, self.state())
-        except PolicyEngineError as exc:
-            backend.close()
-            return DiffReport(0, (), draft.digest, (f"the draft does not compile: {exc}",))
-        changed, replayed = [], 0
-        try:
-            for row in reversed(rows):
-                details = json.loads(row.details)
-                recorded_input = details.get("input")
-                if not isinstance(recorded_input, dict) or "invalid_request" in recorded_input:
-                    continue
-                policy = row.action.removeprefix("policy.")
-                replayed += 1
-                before = {
-                    "allow": row.outcome == "allow",
-                    "reasons": json.loads(row.reasons),
-                    "obligations": details.get("obligations", []),
-                }
-                try:
-                    document = backend.evaluate(f"connector.decision.{policy}", recorded_input)
-                    after_decision = decision_from_document(document, "draft")
-                except PolicyEngineError as exc:
-                    after_decision = Decision.deny([f"the policy engine failed: {exc}"], "draft")
-                after = {
-                    "allow": after_decision.allow,
-                    "reasons": list(after_decision.reasons),
-                    "obligations": list(after_decision.obligations),
-                }
-                if before != after:
-                    changed.append(DiffEntry(row.seq, row.ts, policy, row.object, before, after))
-        finally:
-            backend.close()
-        return DiffReport(replayed, tuple(changed), draft.digest)
+        items, recorded = [], []
+        for row in reversed(rows):
+            details = json.loads(row.details)
+            recorded_input = details.get("input")
+            if not isinstance(recorded_input, dict) or "invalid_request" in recorded_input:
+                continue
+            items.append([row.action.removeprefix("policy."), recorded_input])
+            recorded.append((row, details))
+        if not items and not compile_check:
+            return DiffReport(0, (), draft.digest)  # nothing to replay (the draft was compiled already)
+        # The draft is DPO-supplied code: evaluated in a child process under the deadline.
+        answers = sandbox.run("replay", draft, self._guard.eval_timeout, state=self.state(), items=items)[
+            "answers"
+        ]
+        if answers and "compile_error" in answers[0]:
+            return DiffReport(
+                0, (), draft.digest, (f"the draft does not compile: {answers[0]['compile_error']}",)
+            )
+        changed = []
+        for (policy, _), (row, details), answer in zip(items, recorded, answers, strict=True):
+            before = {
+                "allow": row.outcome == "allow",
+                "reasons": json.loads(row.reasons),
+                "obligations": details.get("obligations", []),
+            }
+            if "error" in answer:
+                after_decision = Decision.deny([f"the policy engine failed: {answer['error']}"], "draft")
+            else:
+                after_decision = decision_from_document(answer.get("document"), "draft")
+            after = {
+                "allow": after_decision.allow,
+                "reasons": list(after_decision.reasons),
+                "obligations": list(after_decision.obligations),
+            }
+            if before != after:
+                changed.append(DiffEntry(row.seq, row.ts, policy, row.object, before, after))
+        return DiffReport(len(items), tuple(changed), draft.digest)
 
     def revoke_permit(self, permit_id: str, reason: str, actor: str) -> None:
         if not permit_id.strip() or not reason.strip():
@@ -475,3 +821,18 @@ class PolicyService:
 
     def check(self) -> None:
         self._backend.check()
+
+
+def _pending(row: PolicyApproval) -> PendingActivation:
+    return PendingActivation(
+        row.id,
+        row.digest,
+        row.requested_at,
+        row.requested_by,
+        row.note,
+        json.loads(row.replay or "{}"),
+        row.status,
+        row.decided_at,
+        row.decided_by,
+        row.decision_note,
+    )
