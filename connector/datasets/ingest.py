@@ -16,7 +16,9 @@ index an object that is not durably stored (after a crash, a stored but unindexe
 simply sealed and stored again by the next run, so there are no duplicates or orphans: ingest is
 resumable, and re-derives the same de-identified bytes, keyed and deterministic); let one object
 that cannot be stored stop the others (the first failure is raised once everything else is
-stored and indexed).
+stored and indexed); store anything of a patient the dataset refuses (crypto-shredded or erased,
+see `connector.datasets.refusals`): their instances are de-identified only to learn whose they
+are, then counted as refused, never sealed, stored, indexed or quarantined.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import secrets
 import shutil
@@ -40,9 +43,11 @@ from pydicom.tag import BaseTag, Tag
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
+from connector.atomic_files import write_atomically
 from connector.audit.chain import canonical_json
 from connector.crypto.dataset_secrets import load_or_create_dataset_secret, validate_dataset_name
 from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
+from connector.datasets.refusals import refused_among, refused_pseudonyms
 from connector.datasets.vault import DatasetVault, RunKeys, object_key_for
 from connector.deid.batch import Outcome, RunSummary, run_batch
 from connector.deid.engine import Deidentified
@@ -69,6 +74,9 @@ class IngestSummary:
     studies: int
     plain_bytes: int
     stored_bytes: int
+    # Instances and patients refused because the dataset erased the patient (nothing of them stored).
+    refused: int = 0
+    refused_patients: int = 0
 
 
 def age_band(age: str) -> str:
@@ -148,17 +156,38 @@ def ingest(
             raise sink.failure  # everything else is stored and indexed: a re-run stores the rest
         # The report outlives the staging folder (it holds no PHI).
         reports = settings.data_dir / "reports" / dataset
-        reports.mkdir(parents=True, exist_ok=True)
+        reports.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in (reports, reports.parent):
+            os.chmod(folder, 0o700)  # private whatever the umask (issue #14)
         kept_report = reports / f"deid-{deid.report['run_id']}.json"
-        shutil.copyfile(deid.report_path, kept_report)
+        write_atomically(kept_report, deid.report_path.read_bytes(), mode=0o600)
         deid.report_path = kept_report
+        if sink.refused_patients:
+            _drop_refused_from_report(deid.report, kept_report, sink.refused_patients, sink.refused)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     with runtime.sessions() as session:
         studies = len(session.execute(select(StudyRecord.id).where(StudyRecord.dataset == dataset)).all())
     return IngestSummary(
-        dataset, deid, sink.stored, sink.already, studies, sink.plain_bytes, sink.stored_bytes
+        dataset,
+        deid,
+        sink.stored,
+        sink.already,
+        studies,
+        sink.plain_bytes,
+        sink.stored_bytes,
+        sink.refused,
+        len(sink.refused_patients),
     )
+
+
+def _drop_refused_from_report(
+    report: dict[str, Any], path: Path, patients: set[str], instances: int
+) -> None:
+    """The kept report lists no study of a refused patient: the dataset holds nothing of them."""
+    report["studies"] = [study for study in report["studies"] if study["patient_pseudonym"] not in patients]
+    report["refused_erased_patient"] = {"patients": len(patients), "instances": instances}
+    write_atomically(path, json.dumps(report, indent=2, ensure_ascii=False).encode(), mode=0o600)
 
 
 _LAST_HEADER_TAG = max(
@@ -190,7 +219,7 @@ class _Receipt:
     object is stored; a failure to store becomes its `error`.
     """
 
-    __slots__ = ("_put", "_row", "already", "error", "object_key", "staged", "study")
+    __slots__ = ("_put", "_row", "already", "error", "object_key", "refused", "staged", "study")
 
     def __init__(
         self,
@@ -200,8 +229,10 @@ class _Receipt:
         already: bool = False,
         error: BaseException | None = None,
         put: Future[Staged] | None = None,
+        refused: bool = False,
     ) -> None:
         self.object_key = object_key
+        self.refused = refused  # the patient was erased from the dataset: nothing stored
         self.staged: Staged | None = None  # the object, written and waiting to be published
         self.study = study  # cohort attributes of a study new to the dataset
         self.already = already  # recorded by an earlier run and still in the store: left as it is
@@ -230,10 +261,10 @@ class _Receipt:
 
     def __getstate__(self) -> tuple[object, ...]:
         self._settle()
-        return (self.object_key, self._row, self.study, self.already, self.error, self.staged)
+        return (self.object_key, self._row, self.study, self.already, self.error, self.staged, self.refused)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.object_key, self._row, self.study, self.already, self.error, self.staged = state
+        (self.object_key, self._row, self.study, self.already, self.error, self.staged, self.refused) = state
         self._put = None
 
 
@@ -259,13 +290,16 @@ class _IndexingSink:
                     select(ObjectRecord.object_key).where(ObjectRecord.dataset == dataset)
                 ).scalars()
             )
+        # Read before the workers fork; a patient erased while the run goes on is caught at indexing.
+        self.refusing: frozenset[str] = refused_pseudonyms(runtime.sessions, dataset)
         # Per process: new studies whose attributes this process has already sent to the parent,
         # and the threads that store objects while the process de-identifies the next files.
         self._described: set[str] = set()
         self._storing: ThreadPoolExecutor | None = None
         self._storing_slots: threading.BoundedSemaphore | None = None
         # Parent only, from here on.
-        self.stored = self.already = self.plain_bytes = self.stored_bytes = 0
+        self.stored = self.already = self.plain_bytes = self.stored_bytes = self.refused = 0
+        self.refused_patients: set[str] = set()
         self.failure: BaseException | None = None
         self._pending: list[dict[str, Any]] = []
         self._staged: list[Staged] = []
@@ -279,6 +313,8 @@ class _IndexingSink:
     def store(self, result: Deidentified) -> _Receipt:
         study_uid = result.study_uid
         object_key = object_key_for(self.dataset, study_uid, result.series_uid, result.sop_instance_uid)
+        if result.pseudonym in self.refusing:
+            return _Receipt(object_key, refused=True)  # never sealed: no key, no object, no row
         # A new study's attributes come from the first object of it that this process sees: the
         # parent reads receipts in input order, so it has them before any later row of the study.
         study = None
@@ -320,6 +356,9 @@ class _IndexingSink:
 
     def keep(self, outcome: Outcome) -> None:
         receipt: _Receipt = outcome.receipt
+        if receipt.refused:
+            self._refuse(outcome.pseudonym or "")
+            return
         self._note_study(outcome)
         error = receipt.failed()
         if error is not None:
@@ -355,6 +394,10 @@ class _IndexingSink:
         if self._storing is not None:  # used in this process when the batch ran with one worker
             self._storing.shutdown()
 
+    def _refuse(self, pseudonym: str) -> None:
+        self.refused += 1
+        self.refused_patients.add(pseudonym)
+
     def _note_study(self, outcome: Outcome) -> None:
         receipt: _Receipt = outcome.receipt
         if receipt.study is not None and outcome.study_uid:
@@ -362,6 +405,9 @@ class _IndexingSink:
 
     def _flush(self) -> None:
         """Index the pending rows: durable objects first, then one transaction for the batch."""
+        if not self._pending:
+            return
+        self._drop_newly_refused()
         if not self._pending:
             return
         rows = self._pending
@@ -406,6 +452,31 @@ class _IndexingSink:
         self._pending = []
         self._staged = []
         self._modalities.clear()
+
+
+    def _drop_newly_refused(self) -> None:
+        """Pending rows of a patient erased since the run began: discarded, counted as refused."""
+        by_study = {row["study_uid"]: self._pseudonyms.get(row["study_uid"], "") for row in self._pending}
+        with self.sessions() as session:
+            erased = refused_among(session, self.dataset, set(by_study.values()) - {""})
+        if not erased:
+            return
+        kept_rows, kept_staged = [], []
+        for row, staged in zip(self._pending, self._staged, strict=True):
+            pseudonym = by_study[row["study_uid"]]
+            if pseudonym in erased:
+                self.objects.discard(staged)
+                self.stored -= 1
+                self.plain_bytes -= row["plain_size"]
+                self.stored_bytes -= row["stored_size"]
+                self._refuse(pseudonym)
+            else:
+                kept_rows.append(row)
+                kept_staged.append(staged)
+        self._pending, self._staged = kept_rows, kept_staged
+        for study_uid, pseudonym in by_study.items():
+            if pseudonym in erased:
+                self._modalities.pop(study_uid, None)
 
 
 def _portable(exc: BaseException) -> BaseException:

@@ -59,3 +59,20 @@ class ObjectRecord(Base):
     plain_size: Mapped[int] = mapped_column(BigInteger)
     stored_size: Mapped[int] = mapped_column(BigInteger)
     plain_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class RefusedPatient(Base):
+    """A patient crypto-shredded from a dataset (or erased after an opt-out): a later ingest refuses them.
+
+    Keyed by the dataset's pseudonym only (never a hospital identifier). Lifted only by an explicit,
+    audited readmission. A whole-dataset shred drops these rows with the dataset's pseudonym secret:
+    a dataset later created under the same name has other pseudonyms.
+    """
+
+    __tablename__ = "refused_patients"
+
+    dataset: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pseudonym: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[str] = mapped_column(String(32))
+    recorded_by: Mapped[str] = mapped_column(String(200))

@@ -4,8 +4,10 @@ For a patient or study: the objects are deleted, the studies' wrapped keys remov
 index, and the dataset's key-encryption key is rotated, every remaining study key re-wrapped and
 every older KEK version retired. A database backup still holds the shredded studies' wrapped keys,
 but only under KEK versions that no longer exist, so a bucket copy taken before stays
-undecryptable. For a dataset: its KEKs are destroyed, its objects, index rows and pseudonym
-secret deleted. This module never asks for confirmation: the CLI does.
+undecryptable. A shredded patient is remembered by pseudonym (`connector.datasets.refusals`)
+before anything is deleted, so no later ingest re-admits them. For a dataset: its KEKs are
+destroyed, its objects, index rows, refusals and pseudonym secret deleted (the name may then be
+reused by a new dataset, with new pseudonyms). This module never asks for confirmation: the CLI does.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import delete, select
 
 from connector.crypto.keystore import WrappedKey
 from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
+from connector.datasets.refusals import forget_dataset, remember
 from connector.runtime import Runtime
 
 
@@ -29,9 +32,18 @@ class ShredResult:
 
 
 def shred(
-    runtime: Runtime, dataset: str, patient: str | None = None, study: str | None = None
+    runtime: Runtime,
+    dataset: str,
+    patient: str | None = None,
+    study: str | None = None,
+    actor: str = "system",
+    reason: str = "shredded",
 ) -> ShredResult:
-    """Shred one patient (by pseudonym), one study (by de-identified UID), or, with neither, the dataset."""
+    """Shred one patient (by pseudonym), one study (by de-identified UID), or, with neither, the dataset.
+
+    A shredded patient is refused by every later ingest of the dataset (`reason` and `actor` are
+    kept with the refusal) until a DPO readmits them.
+    """
     with runtime.sessions() as session:
         if session.get(DatasetRecord, dataset) is None:
             raise LookupError(f"no dataset {dataset!r}")
@@ -51,6 +63,10 @@ def shred(
     if (patient is not None or study is not None) and not studies:
         raise LookupError("nothing to shred: no study of that patient or UID in the dataset")
     whole = patient is None and study is None
+    if patient is not None:
+        # First, in its own transaction: an ingest running meanwhile refuses the patient from now on.
+        with runtime.sessions() as session, session.begin():
+            remember(session, dataset, [patient], reason, actor)
     if whole:
         runtime.keys.destroy(dataset)  # first: from now on nothing of it can be decrypted
     for key in objects:
@@ -63,6 +79,7 @@ def shred(
             delete(StudyRecord).where(StudyRecord.dataset == dataset, StudyRecord.study_uid.in_(studies))
         )
         if whole:
+            forget_dataset(session, dataset)
             session.execute(delete(DatasetRecord).where(DatasetRecord.name == dataset))
     if whole:
         (runtime.settings.keys_dir / "datasets" / f"{dataset}.secret").unlink(missing_ok=True)
