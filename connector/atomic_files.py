@@ -17,7 +17,9 @@ def write_atomically(
 ) -> None:
     """Write `data` to `path` atomically.
 
-    `mode` sets the permissions before any byte is written (0o600 for secrets); `exclusive`
+    `mode` sets the permissions before any byte is written; without it the file is 0600 (the
+    temporary file's mode, whatever the umask): nothing the connector writes is readable by
+    other users unless a caller asks for it. `exclusive`
     refuses to replace an existing file (FileExistsError), atomically, via link(); `sync_dir`
     also makes the rename itself durable.
     """

@@ -21,7 +21,7 @@ from catalog.validate import validate
 from connector.cataloging import service
 from connector.cataloging.listing import whole_catalog
 from connector.cataloging.service import CatalogRefused, PushReport, UnknownEntry
-from connector.cli import _fail, cli_actor, console, runtime_for, settings
+from connector.cli import _fail, cli_actor, console, dataset_name_option, runtime_for, settings
 
 catalog_app = typer.Typer(
     help="The HealthDCAT-AP catalog: describe datasets, check and export their records.",
@@ -51,7 +51,7 @@ def _refused(exc: CatalogRefused) -> typer.Exit:
 
 @catalog_app.command("describe")
 def describe(
-    dataset: Annotated[str, typer.Argument(help="The dataset.")],
+    dataset: Annotated[str, typer.Argument(help="The dataset.", callback=dataset_name_option)],
     file: Annotated[Path, typer.Argument(help="The steward's TOML description (see catalog/examples/).")],
 ) -> None:
     """Set a dataset's descriptive fields from a TOML file (validated; a published record updates)."""
@@ -78,7 +78,7 @@ def describe(
 
 @catalog_app.command("show")
 def show(
-    dataset: Annotated[str, typer.Argument(help="The dataset.")],
+    dataset: Annotated[str, typer.Argument(help="The dataset.", callback=dataset_name_option)],
     format: FormatOption = "turtle",
 ) -> None:
     """Print a dataset's record: as published, or a preview of a draft."""
@@ -104,7 +104,9 @@ def show(
 
 
 @catalog_app.command("validate")
-def validate_command(dataset: Annotated[str, typer.Argument(help="The dataset.")]) -> None:
+def validate_command(
+    dataset: Annotated[str, typer.Argument(help="The dataset.", callback=dataset_name_option)],
+) -> None:
     """Check the record a dataset would publish now; exit 1 on any violation."""
     with runtime_for(settings()) as runtime:
         try:
@@ -143,7 +145,9 @@ def export_catalog(
 
 @catalog_app.command("publications")
 def publications_command(
-    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Only this dataset.", callback=dataset_name_option)
+    ] = None,
 ) -> None:
     """Pushes to remote catalogs, newest first, with each remote's answer."""
     with runtime_for(settings()) as runtime:
@@ -176,7 +180,7 @@ def _print_report(dataset: str, report: PushReport) -> None:
 
 
 def publish(
-    dataset: Annotated[str, typer.Argument(help="The dataset.")],
+    dataset: Annotated[str, typer.Argument(help="The dataset.", callback=dataset_name_option)],
     to: Annotated[
         list[str] | None, typer.Option("--to", help="A remote catalog (setting catalog_targets); repeatable.")
     ] = None,

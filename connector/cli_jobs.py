@@ -25,7 +25,7 @@ import jwt
 import typer
 from rich.markup import escape
 
-from connector.cli import console, errors
+from connector.cli import console, dataset_name_option, errors
 from connector.client import (
     ConnectorClient,
     ConnectorError,
@@ -227,7 +227,9 @@ def jobs_submit(
         Path,
         typer.Option("--signature", help="File holding the team's JWS over the package.", dir_okay=False),
     ],
-    dataset: Annotated[str, typer.Option("--dataset", help="The dataset to run on.")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="The dataset to run on.", callback=dataset_name_option)
+    ],
     purpose: Annotated[str, typer.Option("--purpose", help="EHDS purpose code, e.g. ai-development.")],
     permit: Annotated[
         Path,

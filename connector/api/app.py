@@ -13,6 +13,7 @@ from connector.api.errors import install_error_handlers
 from connector.api.middleware import RequestContextMiddleware
 from connector.api.routers import admin, audit, catalog, dsp, health, jobs, me, policy
 from connector.api.security import assert_every_route_declares_roles
+from connector.dataspace.messages import error_for_path
 from connector.runtime import Runtime
 
 
@@ -43,6 +44,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         RequestContextMiddleware,
         max_body_bytes=runtime.settings.api_max_body_bytes,
         large_body_paths={"/v1/jobs": runtime.settings.job_package_max_bytes + (1 << 20)},
+        max_json_depth=runtime.settings.api_max_json_depth,
+        error_bodies=[("/dsp/", error_for_path)],
     )
     assert_every_route_declares_roles(app.routes)
     return app

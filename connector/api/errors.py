@@ -44,10 +44,18 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {"error": code, "detail": detail, **extra}
-    request_id = request_id_var.get()
+    # The id the request middleware gave THIS request (kept in its scope, which outlives the context
+    # variable: a handler may run after the middleware's context ended); the variable otherwise.
+    state = request.scope.get("state") if request is not None else None
+    request_id = (state.get("request_id") if isinstance(state, dict) else None) or request_id_var.get()
     if request_id:
         body["request_id"] = request_id
     return JSONResponse(body, status_code=status, headers=headers)
@@ -57,43 +65,45 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-async def _validation(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     fields = [{"field": _field(item["loc"]), "problem": item["msg"]} for item in exc.errors()]
     detail = "; ".join(f"{item['field']}: {item['problem']}" for item in fields) or "invalid request"
-    return error_response(422, "invalid_request", detail, fields=fields)
+    return error_response(422, "invalid_request", detail, request=request, fields=fields)
 
 
-async def _http(_request: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
+    return error_response(exc.status_code, code, detail, getattr(exc, "headers", None), request)
 
 
-async def _api(_request: Request, exc: Exception) -> JSONResponse:
+async def _api(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.detail, **exc.extra)
+    return error_response(exc.status, exc.code, exc.detail, request=request, **exc.extra)
 
 
-async def _auth(_request: Request, exc: Exception) -> JSONResponse:
+async def _auth(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AuthError)
     # RFC 6750: say why in the WWW-Authenticate header too, without echoing the token.
     header = f'Bearer error="invalid_token", error_description="{exc.code}"'
     if exc.code == "missing_token":
         header = "Bearer"
-    return error_response(401, exc.code, exc.detail, headers={"WWW-Authenticate": header})
+    return error_response(401, exc.code, exc.detail, {"WWW-Authenticate": header}, request)
 
 
-async def _forbidden(_request: Request, exc: Exception) -> JSONResponse:
+async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ForbiddenError)
-    return error_response(403, exc.code, exc.detail)
+    return error_response(403, exc.code, exc.detail, request=request)
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Normally the request middleware answers a 500 itself (inside the request's context); this
+    # handler is the outermost fallback and still names the request from its scope.
     log.error("unhandled error", exc_info=exc)
     return error_response(
-        500, "internal_error", "the connector hit an unexpected error; quote the request id"
+        500, "internal_error", "the connector hit an unexpected error; quote the request id", request=request
     )
 
 

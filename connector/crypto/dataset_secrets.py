@@ -14,7 +14,9 @@ from pathlib import Path
 
 from connector.crypto.keyfile import KeyFileError, write_private_file
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# The one rule for a dataset name (CLI, API, key ids, file names): never a path, never upper case.
+DATASET_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_NAME = re.compile(DATASET_NAME_PATTERN)
 
 
 def validate_dataset_name(name: str) -> str:

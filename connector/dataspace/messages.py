@@ -308,6 +308,16 @@ def transfer_error(provider_pid: str, consumer_pid: str, code: str, reasons: lis
     )
 
 
+def error_for_path(path: str, code: str, detail: str, _request_id: str = "") -> dict[str, Any]:
+    """The error message for a request refused before its route ran (the API's body size and JSON
+    depth limits), typed for the process the `/dsp` path names; no process ids are known yet."""
+    if path.startswith("/dsp/negotiations"):
+        return negotiation_error("", "", code, [detail])
+    if path.startswith("/dsp/transfers"):
+        return transfer_error("", "", code, [detail])
+    return catalog_error(code, [detail])
+
+
 def data_address(endpoint: str, properties: dict[str, str]) -> dict[str, Any]:
     return {
         "@type": "DataAddress",

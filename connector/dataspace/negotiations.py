@@ -51,7 +51,7 @@ from connector.dataspace.states import (
     Role,
     next_negotiation_state,
 )
-from connector.dataspace.trust import Participant
+from connector.dataspace.trust import Participant, callback_problem
 from connector.policy.decision import Decision
 from connector.runtime import Runtime
 
@@ -245,6 +245,17 @@ def _step_and_tell(
 # --- Provider -------------------------------------------------------------------------------------
 
 
+def check_callback(
+    participant: Participant, address: str, provider_pid: str | None, consumer_pid: str | None
+) -> None:
+    """Refuse (DspError 400 `invalid_callback`, nothing stored) a callback address that is not
+    under the peer's own DSP address on the trust list: a peer must not aim us at another host."""
+    problem = callback_problem(participant, address)
+    if problem is not None:
+        log.warning("a peer named a callback address outside its own", extra={"peer": participant.id})
+        raise DspError(400, "invalid_callback", [problem], provider_pid or "", consumer_pid or "")
+
+
 def receive_request(
     runtime: Runtime, peer: PeerIdentity, msg: m.ContractRequestMessage
 ) -> tuple[NegotiationView, FollowUp]:
@@ -253,6 +264,8 @@ def receive_request(
     actor = claims.get("actor") if isinstance(claims.get("actor"), str) else ""
     permit = claims.get("permit") if isinstance(claims.get("permit"), str) else ""
     offer_json = json.dumps(msg.offer.model_dump(by_alias=True, exclude_none=True))
+    if msg.callbackAddress is not None:
+        check_callback(peer.participant, msg.callbackAddress, msg.providerPid, msg.consumerPid)
     if msg.providerPid is None:
         if not msg.callbackAddress:
             raise DspError(

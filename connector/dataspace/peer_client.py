@@ -17,6 +17,7 @@ import httpx
 
 from connector.dataspace.identity import peer_token
 from connector.dataspace.messages import ErrorMessage, MessageError, parse
+from connector.dataspace.trust import callback_problem
 from connector.runtime import Runtime
 
 log = logging.getLogger("connector.dataspace")
@@ -70,7 +71,14 @@ def call(
     claims: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Send one DSP request to `url` as ourselves, for the peer `peer_id`; the JSON answer (None for
-    an empty one). PeerError when the peer refuses or stays unreachable after a few attempts."""
+    an empty one). PeerError when the peer refuses or stays unreachable after a few attempts.
+
+    `url` must lie under the peer's DSP address on the trust list: a stored callback address (or a
+    trust list that changed since) never sends our token and signed messages to another host."""
+    problem = callback_problem(runtime.trust.get(peer_id), url)
+    if problem is not None:
+        log.warning("refused to send to an address outside the peer's own", extra={"peer": peer_id})
+        raise PeerError(0, "untrusted_address", [problem])
     timeout = runtime.settings.dsp_request_timeout_seconds
     last: Exception | None = None
     for attempt in range(_ATTEMPTS):

@@ -30,7 +30,7 @@ from connector.dataspace import access_tokens
 from connector.dataspace import messages as m
 from connector.dataspace.identity import PeerIdentity
 from connector.dataspace.models import Agreement, Negotiation, Transfer
-from connector.dataspace.negotiations import DspError, FollowUp, decide_for_peer, new_pid
+from connector.dataspace.negotiations import DspError, FollowUp, check_callback, decide_for_peer, new_pid
 from connector.dataspace.peer_client import PeerError, call
 from connector.dataspace.states import (
     TRANSFER_FINAL,
@@ -39,6 +39,7 @@ from connector.dataspace.states import (
     Role,
     next_transfer_state,
 )
+from connector.dataspace.trust import callback_problem
 from connector.runtime import Runtime
 
 log = logging.getLogger("connector.dataspace")
@@ -168,6 +169,7 @@ def _peer_path(view: TransferView) -> str:
 def receive_request(
     runtime: Runtime, peer: PeerIdentity, msg: m.TransferRequestMessage
 ) -> tuple[TransferView, FollowUp]:
+    check_callback(peer.participant, msg.callbackAddress, None, msg.consumerPid)
     with runtime.sessions() as session:
         agreement = session.get(Agreement, msg.agreementId)
         negotiation = session.get(Negotiation, agreement.negotiation) if agreement else None
@@ -471,6 +473,13 @@ def pull_copy(runtime: Runtime, pid: str) -> None:
 
     view = get_transfer(runtime, pid)
     address = m.DataAddress.model_validate(view.data_address or {})
+    # The provider names the copy endpoint: it must be under its own DSP address on the trust list,
+    # else a provider could aim our GETs (and its token) at any host.
+    problem = callback_problem(runtime.trust.get(view.peer), str(address.endpoint or ""))
+    if problem is not None:
+        with contextlib.suppress(IllegalTransition, DspError):
+            end(runtime, pid, "TransferTerminationMessage", [f"the copy endpoint is refused: {problem}"])
+        return
     token = address.property("authorization") or ""
     headers = {"Authorization": f"Bearer {token}"}
     timeout = runtime.settings.dsp_request_timeout_seconds

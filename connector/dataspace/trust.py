@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from connector.identity.jwks import StaticJwks
 
@@ -116,9 +117,69 @@ class TrustList:
         return len(self._by_id)
 
     def by_address(self, address: str) -> Participant | None:
-        """The participant whose DSP base URL `address` is (or starts with)."""
-        address = address.rstrip("/")
-        return next((p for p in self._by_id.values() if p.dsp and address.startswith(p.dsp)), None)
+        """The participant whose DSP base URL `address` is (or lies under, segment by segment)."""
+        return next((p for p in self._by_id.values() if p.dsp and callback_problem(p, address) is None), None)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MAX_CALLBACK = 1024  # the stored column's length
+
+
+def _split(url: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+    except ValueError:
+        return None
+    return parts
+
+
+def _port(parts: SplitResult) -> int | None:
+    return parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+
+
+def _segments(path: str) -> list[str] | None:
+    """The path's segments; None when it could climb or hide (dot segments, encoded dots, slashes
+    or backslashes), since a server may normalise what we compare literally."""
+    lowered = path.lower()
+    if "\\" in path or any(code in lowered for code in ("%2e", "%2f", "%5c", "%00")):
+        return None
+    segments = [segment for segment in path.split("/") if segment]
+    if any(segment in (".", "..") for segment in segments):
+        return None
+    return segments
+
+
+def callback_problem(participant: Participant | None, url: str) -> str | None:
+    """Why `url` cannot be a callback address of `participant` (None when it can).
+
+    A peer may only name an address under its own DSP base URL from the trust list: the same
+    scheme, host and port, a path under the base path, no user information, query or fragment.
+    Anything else would let a trusted peer aim this connector's signed messages at any host
+    (server-side request forgery). The reason never echoes the address (it is peer input).
+    """
+    if participant is None or not participant.dsp:
+        return "the trust list gives no DSP address for you, so no callback address can be accepted"
+    if not url or len(url) > _MAX_CALLBACK or any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        return "the callback address is empty, too long or holds whitespace or control characters"
+    given, base = _split(url), _split(participant.dsp)
+    if given is None or base is None or given.scheme.lower() not in _DEFAULT_PORTS or not given.hostname:
+        return "the callback address is not an absolute http(s) URL"
+    if "@" in given.netloc or given.username is not None or given.password is not None:
+        return "the callback address must not hold user information"
+    if given.query or given.fragment or "#" in url or "?" in url:
+        return "the callback address must not hold a query or a fragment"
+    same_origin = (
+        given.scheme.lower() == base.scheme.lower()
+        and given.hostname == base.hostname  # urlsplit lower-cases host names
+        and _port(given) == _port(base)
+    )
+    if not same_origin:
+        return "the callback address is not on your DSP host (scheme, host and port) from the trust list"
+    given_path, base_path = _segments(given.path), _segments(base.path) or []
+    if given_path is None or given_path[: len(base_path)] != base_path:
+        return "the callback address is not under your DSP base path from the trust list"
+    return None
 
 
 class TrustListFile:

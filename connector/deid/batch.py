@@ -334,11 +334,16 @@ def _store_again(outcome: Outcome, plan: Plan, keys: DatasetKeys, sink: OutputSi
 
 def _quarantine(outcome: Outcome, in_dir: Path, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)  # mkdir's mode passes through the umask
     qid = _quarantine_id(outcome.source, in_dir)
     if outcome.source.exists():
-        shutil.copy2(outcome.source, folder / f"{qid}.bin")
+        # An identified file: never the source's (often world-readable) mode.
+        shutil.copyfile(outcome.source, folder / f"{qid}.bin")
+        os.chmod(folder / f"{qid}.bin", 0o600)
     # The index may name the original path (it can hold PHI): it stays inside the hospital's quarantine.
-    with (folder / "index.jsonl").open("a", encoding="utf-8") as index:
+    index_fd = os.open(folder / "index.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(index_fd, 0o600)
+    with os.fdopen(index_fd, "a", encoding="utf-8") as index:
         index.write(
             json.dumps(
                 {

@@ -21,12 +21,13 @@ from connector.api.security import public, requires, runtime_of
 from connector.cataloging import service
 from connector.cataloging.listing import SearchFilters, catalog_page
 from connector.cataloging.service import CatalogRefused, PushReport, UnknownEntry
+from connector.crypto.dataset_secrets import DATASET_NAME_PATTERN
 from connector.identity.principal import Principal
 from connector.identity.roles import Role
 
 router = APIRouter(tags=["catalog"])
 Steward = Annotated[Principal, Depends(requires(Role.STEWARD))]
-DatasetName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="The dataset's name.")]
+DatasetName = Annotated[str, Path(pattern=DATASET_NAME_PATTERN, description="The dataset's name.")]
 FORMATS: tuple[str, ...] = ("jsonld", "turtle", "rdfxml")
 
 
@@ -252,7 +253,7 @@ class PublicationOut(BaseModel):
 def get_publications(
     request: Request,
     _: Steward,
-    dataset: Annotated[str | None, Query(max_length=64)] = None,
+    dataset: Annotated[str | None, Query(pattern=DATASET_NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[PublicationOut]:
     rows = service.publications(runtime_of(request), dataset, limit)
