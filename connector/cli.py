@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 
@@ -55,8 +56,23 @@ class CliState:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    # One line whatever the terminal width; the message is text, never markup (it may hold input).
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def dataset_name_option(value: Any) -> Any:
+    """Typer callback for every option or argument naming a local dataset: the one name rule
+    (connector.crypto.dataset_secrets), checked before anything opens, so a bad name such as
+    `../../etc` is one line and exit 2, never a path outside the data directory or a traceback."""
+    from connector.crypto.dataset_secrets import validate_dataset_name
+
+    for name in value if isinstance(value, list | tuple) else [] if value is None else [value]:
+        try:
+            validate_dataset_name(name)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    return value
 
 
 def settings() -> Settings:
@@ -126,6 +142,11 @@ def serve(
 
         housekeeper = Housekeeper(runtime)
         housekeeper.start()
+        from connector.audit.timer import AuditCheckpointer
+
+        # Signs a moved head every audit_checkpoint_seconds even when nothing is recorded.
+        audit_timer = AuditCheckpointer(runtime.audit, loaded.audit_checkpoint_seconds)
+        audit_timer.start()
         worker = None
         if loaded.embedded_worker:
             from connector.jobs.runner import Worker, sandbox_limits
@@ -140,6 +161,7 @@ def serve(
             housekeeper.stop()
             if worker is not None:
                 worker.stop()
+            audit_timer.stop()  # last: it signs whatever the others recorded while stopping
 
 
 @app.command()
@@ -287,16 +309,22 @@ def _iso(value: datetime | None) -> str | None:
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Check the whole hash chain and the signed checkpoints; name the first bad entry."""
+    """Check the hash chain, the signed checkpoints and the heads kept outside the database."""
     with runtime_for(settings()) as runtime:
         result = runtime.audit.verify()
+    for warning in result.warnings:
+        errors.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if result.ok:
         console.print(
             f"[green]audit trail intact[/]: {result.entries_checked} entries, "
-            f"{result.checkpoints_checked} signed checkpoints, head at {result.last_seq}"
+            f"{result.checkpoints_checked} signed checkpoints, {result.heads_checked} outside heads, "
+            f"head at {result.last_seq}"
         )
         return
-    raise _fail(f"audit trail TAMPERED at entry {result.first_bad_seq}: {result.problem}", code=1)
+    more = f" (+{len(result.problems) - 1} more problems)" if len(result.problems) > 1 else ""
+    raise _fail(
+        f"audit trail TAMPERED at entry {result.first_bad_seq}: {result.code}: {result.problem}{more}", code=1
+    )
 
 
 @audit_app.command("show")
@@ -409,7 +437,8 @@ def deid(
         ),
     ] = None,
     dataset: Annotated[
-        str, typer.Option(help="The dataset whose secret keys pseudonyms and UIDs.")
+        str,
+        typer.Option(help="The dataset whose secret keys pseudonyms and UIDs.", callback=dataset_name_option),
     ] = "default",
     quarantine: Annotated[
         Path | None, typer.Option(help="Where refused originals go (default: <data_dir>/quarantine).")
@@ -488,7 +517,12 @@ def ingest(
     in_dir: Annotated[
         Path, typer.Argument(help="Folder of identified DICOM files (read recursively).", file_okay=False)
     ],
-    dataset: Annotated[str, typer.Option(help="The dataset to add the studies to (created on first use).")],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="The dataset to add the studies to (created on first use).", callback=dataset_name_option
+        ),
+    ],
     option: Annotated[
         list[str] | None,
         typer.Option(
@@ -541,6 +575,7 @@ def ingest(
             details={
                 "stored": summary.stored,
                 "already_stored": summary.already_stored,
+                "refused_erased": summary.refused,
                 "quarantined": summary.deid.quarantined,
                 "run_id": summary.deid.report["run_id"],
             },
@@ -552,6 +587,11 @@ def ingest(
         f"stored; {summary.studies} studies; "
         f"{summary.plain_bytes / 1e6:.1f} MB -> {summary.stored_bytes / 1e6:.1f} MB"
     )
+    if summary.refused:
+        console.print(
+            f"refused: patient was erased: {summary.refused_patients} patient(s), {summary.refused} objects, "
+            "nothing stored (`connector consent refused`; lift with `connector consent readmit`)"
+        )
 
 
 @datasets_app.command("list")
@@ -580,7 +620,7 @@ def datasets_list() -> None:
 
 @datasets_app.command("show")
 def datasets_show(
-    name: Annotated[str, typer.Argument(help="The dataset.")],
+    name: Annotated[str, typer.Argument(help="The dataset.", callback=dataset_name_option)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """One dataset's de-identified cohort index: counts by modality, body part, sex, age band, year."""
@@ -604,7 +644,7 @@ def datasets_show(
 
 @app.command()
 def export(
-    dataset: Annotated[str, typer.Argument(help="The dataset to decrypt.")],
+    dataset: Annotated[str, typer.Argument(help="The dataset to decrypt.", callback=dataset_name_option)],
     out_dir: Annotated[Path, typer.Argument(help="Folder for the de-identified files.")],
 ) -> None:
     """Decrypt a dataset back to its exact de-identified files (data stewards; audited)."""
@@ -634,7 +674,7 @@ def _refresh_catalog(runtime: Any, dataset: str) -> None:
 
 @app.command()
 def shred(
-    dataset: Annotated[str, typer.Option(help="The dataset.")],
+    dataset: Annotated[str, typer.Option(help="The dataset.", callback=dataset_name_option)],
     patient: Annotated[str | None, typer.Option(help="Shred this patient (pseudonym).")] = None,
     study: Annotated[
         str | None, typer.Option(help="Shred this study (de-identified Study Instance UID).")
@@ -652,7 +692,7 @@ def shred(
         raise _fail("nothing shredded", code=1)
     with runtime_for(settings()) as runtime:
         try:
-            result = run_shred(runtime, dataset, patient=patient, study=study)
+            result = run_shred(runtime, dataset, patient=patient, study=study, actor=cli_actor())
         except (LookupError, KeyStoreError) as exc:
             raise _fail(str(exc)) from None
         runtime.audit.record(
@@ -691,7 +731,11 @@ def keys_status() -> None:
 
 
 @keys_app.command("rotate")
-def keys_rotate(dataset: Annotated[str, typer.Argument(help="The dataset whose key to rotate.")]) -> None:
+def keys_rotate(
+    dataset: Annotated[
+        str, typer.Argument(help="The dataset whose key to rotate.", callback=dataset_name_option)
+    ],
+) -> None:
     """New key-encryption key; every study key re-wrapped (no data re-encrypted); old versions retired."""
     from connector.datasets.shred import rotate_dataset_key
 

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from connector.audit.heads import HeadsFile, Witness
 from connector.audit.log import AuditLog
 from connector.crypto.keystore import SealedFileKeyStore, decode_master_key, load_master_key
 from connector.crypto.signing import ConnectorSigningKey
@@ -24,7 +25,7 @@ from connector.identity.verifier import TokenVerifier, TrustedIssuer
 from connector.policy.bundle import default_policies_dir
 from connector.policy.engine import EmbeddedOpaBackend, PolicyBackend
 from connector.policy.permits import DevPermitIssuer, PermitVerifier
-from connector.policy.service import PolicyService
+from connector.policy.service import ActivationGuard, PolicyService
 from connector.settings import IssuerSettings, Settings
 from connector.storage.objects import LocalObjectStore, ObjectStore
 
@@ -56,6 +57,7 @@ class Runtime:
         return self._policy
 
     def close(self) -> None:
+        self.audit.close()  # gives a pending witness push a moment before the process goes
         self.engine.dispose()
 
 
@@ -126,7 +128,20 @@ def build_runtime(settings: Settings) -> Runtime:
         leeway_seconds=settings.token_leeway_seconds,
         max_lifetime_seconds=settings.token_max_lifetime_seconds,
     )
-    audit = AuditLog(sessions, signing_key, settings.connector_id, settings.audit_checkpoint_every)
+    audit = AuditLog(
+        sessions,
+        signing_key,
+        settings.connector_id,
+        settings.audit_checkpoint_every,
+        checkpoint_seconds=settings.audit_checkpoint_seconds,
+        # The signed heads also live outside the database, where a DBA cannot rewrite them unseen.
+        heads_file=HeadsFile(
+            settings.audit_heads_file or settings.data_dir / "audit" / "heads.jsonl", settings.connector_id
+        ),
+        witness=(
+            Witness(settings.audit_witness_url, settings.connector_id) if settings.audit_witness_url else None
+        ),
+    )
     dev_hdab = settings.keys_dir / "dev-hdab"
     permit_issuer = DevPermitIssuer.load_or_create(dev_hdab) if settings.dev_issuer_enabled else None
     return Runtime(
@@ -168,6 +183,11 @@ def policy_service(runtime: Runtime) -> PolicyService:
         PermitVerifier(hdabs, leeway_seconds=settings.token_leeway_seconds),
         settings.policies_dir or default_policies_dir(),
         settings.policy_refresh_seconds,
+        guard=ActivationGuard(
+            four_eyes=not settings.dev_issuer_enabled,
+            min_coverage=settings.policy_min_coverage,
+            eval_timeout=settings.policy_eval_timeout_seconds,
+        ),
     )
 
 

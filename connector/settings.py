@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest JSON body the API accepts."
     )
+    api_max_json_depth: int = Field(
+        default=64, ge=4, le=512, description="Deepest nesting of arrays and objects a JSON body may have."
+    )
     public_url: str = Field(
         default="http://127.0.0.1:8600", description="How peers and researchers reach us."
     )
@@ -172,6 +175,23 @@ class Settings(BaseSettings):
     )
 
     audit_checkpoint_every: int = Field(default=100, ge=1, le=100_000)
+    audit_checkpoint_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="A record this long after the last signed checkpoint signs one; `serve` also signs a "
+        "moved head this often.",
+    )
+    audit_heads_file: Path | None = Field(
+        default=None,
+        description="Append-only copy of every signed checkpoint outside the database; default: "
+        "data_dir/audit/heads.jsonl.",
+    )
+    audit_witness_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://\S+$",
+        description="Optional remote witness: each signed checkpoint is POSTed here as JSON, never blocking.",
+    )
 
     policy_backend: Literal["embedded", "opa-server"] = Field(
         default="embedded", description="Where Rego runs: in-process OPA, or an OPA server (sidecar)."
@@ -187,6 +207,18 @@ class Settings(BaseSettings):
         ge=0,
         le=300,
         description="How often a process re-reads the active policy version and revoked permits.",
+    )
+    policy_min_coverage: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="Share of Rego policy lines a bundle's own tests must cover before it may be activated.",
+    )
+    policy_eval_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Deadline for evaluating a draft bundle (policy check, test, diff, activation checks).",
     )
     hdab_issuers: list[IssuerSettings] = Field(
         default_factory=list, description="Health Data Access Bodies whose signed data permits are trusted."
@@ -218,6 +250,21 @@ class Settings(BaseSettings):
     job_package_max_bytes: int = Field(
         default=256 << 20, ge=1 << 20, le=4 << 30, description="Largest model package accepted."
     )
+    sandbox_bwrap: str = Field(
+        default="bwrap",
+        min_length=1,
+        description="The bubblewrap executable confining a job's model process (a name on PATH or a path).",
+    )
+    sandbox_accept_weaker_isolation: list[
+        Literal["user", "mount", "pid", "ipc", "uts", "network", "no_new_privs", "seccomp", "rlimits"]
+    ] = Field(
+        default_factory=list,
+        description=(
+            "Layers of the model process's isolation the DPO accepts missing on this machine (bubblewrap's "
+            "user, mount, pid, ipc, uts namespaces; network; no_new_privs; the seccomp filter; rlimits). "
+            "Empty (the default): a job whose model cannot get every layer fails with isolation_unavailable."
+        ),
+    )
 
     trust_list_file: Path | None = Field(
         default=None,
@@ -239,10 +286,17 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=300, description="How long we wait for a peer connector to answer."
     )
 
+    default_patient_id_issuer: str = Field(
+        default="",
+        max_length=64,
+        description="IssuerOfPatientID assumed for a consent or opt-out row that names a patient_id "
+        "without an issuer (the hospital's own ids): patients are keyed as `issuer|patient_id`, so it must "
+        "equal the issuer the PACS writes. \"\" means \"no issuer\" (files without IssuerOfPatientID).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("data_dir", "objects_dir", "policies_dir", "trust_list_file")
+    @field_validator("data_dir", "objects_dir", "policies_dir", "trust_list_file", "audit_heads_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value is not None else None

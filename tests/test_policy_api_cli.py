@@ -107,7 +107,7 @@ def test_consent_and_revocation_over_the_api(client: TestClient, token_for, runt
     listed = client.get("/v1/consent", params={"status": "opted-out"}, headers=dpo).json()
     assert [row["pseudonym"] for row in listed] == ["PSN-A"]
     bad = client.post("/v1/consent/import", json={"entries": [{"status": "nope"}]}, headers=dpo)
-    assert bad.status_code == 400 and "nothing imported" in bad.json()["detail"]
+    assert bad.status_code == 422 and "nothing imported" in bad.json()["detail"]
     revoked = client.post("/v1/permits/revoked", json={"permit_id": "p-1", "reason": "fraud"}, headers=hdab)
     assert revoked.status_code == 201
     assert client.get("/v1/permits/revoked", headers=dpo).json()[0]["permit_id"] == "p-1"

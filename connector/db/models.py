@@ -6,9 +6,10 @@ Add one import line per domain package that declares tables; declare no table he
 from connector.audit.models import AuditCheckpoint, AuditEntry, AuditHead
 from connector.cataloging.models import CatalogDocument, CatalogEntry, CatalogFacet, CatalogPublication
 from connector.compute.models import TeamKey
-from connector.datasets.models import DatasetRecord, ObjectRecord, StudyRecord
+from connector.datasets.models import DatasetRecord, ObjectRecord, RefusedPatient, StudyRecord
 from connector.dataspace.models import Agreement, Negotiation, SeenToken, Transfer
-from connector.policy.models import ConsentRecord, PolicyVersion, RevokedPermit
+from connector.jobs.models import ReleaseBudget
+from connector.policy.models import ConsentRecord, PolicyApproval, PolicyVersion, RevokedPermit
 
 __all__ = [
     "Agreement",
@@ -23,7 +24,10 @@ __all__ = [
     "DatasetRecord",
     "Negotiation",
     "ObjectRecord",
+    "PolicyApproval",
     "PolicyVersion",
+    "RefusedPatient",
+    "ReleaseBudget",
     "RevokedPermit",
     "SeenToken",
     "StudyRecord",
