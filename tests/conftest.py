@@ -22,10 +22,35 @@ from connector.runtime import Runtime, build_runtime
 from connector.settings import Settings, load_settings
 from tests.s3_server import SeaweedS3Server, weed_binary
 
-# The official schemas and tables live in shared/ beside the checkout (../shared/conformance).
+# The official schemas and tables live in shared/ beside the checkout (../shared/conformance), or where
+# CONFORMANCE_DIR points. A bare clone has no shared/: the tests that read them skip, the rest still run.
 CONFORMANCE_DIR = Path(
     os.environ.get("CONFORMANCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "conformance")
 )
+
+
+def conformance_missing(*relpaths: str) -> str | None:
+    """The skip reason naming the first official file or folder of `relpaths` that is absent, else None."""
+    for relpath in relpaths:
+        if not (CONFORMANCE_DIR / relpath).exists():
+            return f"missing ../shared/conformance/{relpath} (looked at {CONFORMANCE_DIR / relpath})"
+    return None
+
+
+def needs_conformance(*relpaths: str) -> pytest.MarkDecorator:
+    """A mark that skips a test or module, naming the missing file, when any of `relpaths` is absent."""
+    reason = conformance_missing(*relpaths)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def conformance_file(relpath: str, *more: str) -> Path:
+    """The path of the official file or folder `relpath`; skips the calling test, naming the missing
+    file, when it or any of `more` is absent (a bare clone has no ../shared)."""
+    reason = conformance_missing(relpath, *more)
+    if reason is not None:
+        pytest.skip(reason)
+    return CONFORMANCE_DIR / relpath
+
 
 POSTGRES_ADMIN = os.environ.get(
     "TEST_POSTGRES_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"

@@ -32,10 +32,10 @@ from connector.dataspace.offers import (
 )
 from connector.dataspace.states import IllegalTransition, Role, next_negotiation_state, next_transfer_state
 from tests import dsp_conformance
+from tests.conftest import needs_conformance
 
-pytestmark = pytest.mark.skipif(
-    not dsp_conformance.available(), reason="../shared/conformance/dsp is missing"
-)
+# The tests that read the official schemas or examples skip without them; the rest always run.
+NEEDS_DSP = needs_conformance("dsp")
 
 DID_SERVICE_SCHEMA = dsp_conformance.BASE + "common/did-service-schema.json"
 KNOWN_UPSTREAM_FAILURE = "dataservice-did-service.json"
@@ -84,6 +84,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _example(name: str) -> dict[str, Any]:
+    dsp_conformance.require()
     return _load(next(p for p in dsp_conformance.examples() if p.name == name))
 
 
@@ -133,12 +134,14 @@ def _agreement(valid_until: float = 1_900_000_000.0) -> dict[str, Any]:
 # --- 1. The official examples -----------------------------------------------------------------------
 
 
+@NEEDS_DSP
 def test_the_conformance_set_holds_the_27_official_examples() -> None:
     names = {p.name for p in dsp_conformance.examples()}
     assert len(names) == 27
     assert KNOWN_UPSTREAM_FAILURE in names
 
 
+@NEEDS_DSP
 @pytest.mark.parametrize(
     "path",
     [p for p in dsp_conformance.examples() if p.name != KNOWN_UPSTREAM_FAILURE],
@@ -152,12 +155,14 @@ def test_official_example_validates_against_its_schema(path: Path) -> None:
         assert dsp_conformance.check_typed(example) == []
 
 
+@NEEDS_DSP
 def test_dataservice_did_service_example_still_fails_upstream_on_the_endpoint_pattern() -> None:
     errors = _did_service_errors(_example(KNOWN_UPSTREAM_FAILURE))
     assert [(where, rule) for where, rule, _ in errors] == [("serviceEndpoint", "pattern")]
     assert "/catalog$" in errors[0][2]
 
 
+@NEEDS_DSP
 def test_schemas_refuse_what_they_should() -> None:
     """The validator is not vacuous: a wrong state or a context without DSP's is an error."""
     process = _example("contract-negotiation.json")
@@ -169,11 +174,13 @@ def test_schemas_refuse_what_they_should() -> None:
 # --- 2. Incoming models -----------------------------------------------------------------------------
 
 
+@NEEDS_DSP
 def test_every_official_message_example_has_an_incoming_model() -> None:
     kinds = {_kind(_load(p)) for p in dsp_conformance.examples()}
     assert kinds - UNPARSED == set(MODELS)
 
 
+@NEEDS_DSP
 @pytest.mark.parametrize(
     "path",
     [p for p in dsp_conformance.examples() if _kind(_load(p)) in MODELS],
@@ -375,6 +382,7 @@ def _built() -> list[tuple[str, dict[str, Any]]]:
 BUILT = _built()
 
 
+@NEEDS_DSP
 @pytest.mark.parametrize("message", [b[1] for b in BUILT], ids=[b[0] for b in BUILT])
 def test_built_message_validates_against_its_official_schema(message: dict[str, Any]) -> None:
     assert dsp_conformance.check_typed(json.loads(json.dumps(message))) == []
@@ -681,6 +689,7 @@ def test_requested_offer_that_is_not_ours_is_refused(
 # --- 6. agreement_document --------------------------------------------------------------------------
 
 
+@NEEDS_DSP
 def test_agreement_document_validates_inside_a_contract_agreement_message() -> None:
     agreement = _agreement()
     message = m.contract_agreement(PROVIDER_PID, CONSUMER_PID, agreement)
