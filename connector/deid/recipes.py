@@ -16,8 +16,9 @@ from urllib.parse import unquote
 
 from pydicom.datadict import tag_for_keyword
 
-from connector.deid.options import BASIC, RECIPES_DIR, SAFE_ATTRIBUTES, ProfileOption, resolve_options
+from connector.deid.options import BASIC, SAFE_ATTRIBUTES, ProfileOption, resolve_options
 from connector.deid.plan import Condition, Op, PixelRule, Plan
+from connector.resources import shipped_deid_recipes_dir
 
 _FUNCS = {
     "func:dummy": Op.DUMMY,
@@ -61,7 +62,7 @@ def _parse(path: Path) -> Any:
         raise RecipeError(f"recipe {path} could not be parsed by deid: {exc}") from None
 
 
-def _tag_of(field: str, path: Path) -> int | None:
+def _tag_of(field: str, path: Path) -> int:
     match = _HEX_TAG.match(field)
     if match:
         return int(match.group(1) + match.group(2), 16)
@@ -115,10 +116,17 @@ def _boxes(raw: list[Any], label: str, path: Path) -> tuple[tuple[int, int, int,
 
 
 def compile_recipes(
-    options: list[str] | tuple[str, ...] = (), recipes_dir: Path = RECIPES_DIR, extra: tuple[Path, ...] = ()
+    options: list[str] | tuple[str, ...] = (),
+    recipes_dir: Path | None = None,
+    extra: tuple[Path, ...] = (),
 ) -> Plan:
-    """The plan for the basic profile plus `options` (and any `extra` site recipes, applied last)."""
+    """The plan for the basic profile plus `options` (and any `extra` site recipes, applied last).
+
+    `recipes_dir` is the folder of the profile's recipe files (the `deid_recipes_dir` setting);
+    None means the recipes shipped with the connector."""
     chosen = resolve_options(list(options))
+    if recipes_dir is None:
+        recipes_dir = shipped_deid_recipes_dir()
     files: list[tuple[Path, ProfileOption | None]] = [
         (recipes_dir / SAFE_ATTRIBUTES, None),
         (recipes_dir / BASIC.recipe, BASIC),

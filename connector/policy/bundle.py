@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connector.resources import shipped_policies_dir
+
 # Far above any real policy folder, small enough that a wrong path (a home folder) fails fast.
 MAX_BUNDLE_FILES = 500
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
@@ -27,8 +29,9 @@ class BundleError(Exception):
 
 
 def default_policies_dir() -> Path:
-    """The `policies/` folder shipped next to the `connector` package (a source checkout)."""
-    return Path(__file__).resolve().parents[2] / "policies"
+    """The policy bundle shipped with the connector (the repository's `policies/`, installed as
+    package data); the `policies_dir` setting, applied by callers, overrides it."""
+    return shipped_policies_dir()
 
 
 def _is_bundle_file(relative: Path) -> bool:
