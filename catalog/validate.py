@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-import pyshacl
 from rdflib import Graph, URIRef
 from rdflib.namespace import SH
 from rdflib.term import Node
@@ -159,6 +158,10 @@ def _problem(results: Graph, result: Node, shapes: Graph, data: Graph) -> Proble
 
 def validate_graph(graph: Graph, shapes_graph: Graph) -> ValidationReport:
     """Validate `graph` against `shapes_graph` (no inference, as the EU validator does)."""
+    # pyshacl loads with the first validation, not with this module: the connector's service and
+    # CLI import the catalog code at start-up and most requests never validate.
+    import pyshacl
+
     with _SHACL_LOCK:
         _, results, _ = pyshacl.validate(graph, shacl_graph=shapes_graph, inference="none")
     assert isinstance(results, Graph)
@@ -276,17 +279,17 @@ def _code_problems(desc: DatasetDescription) -> Iterator[Problem]:
             yield unknown(
                 field, code, vocab.COUNTRIES, "a country code we know (ISO 3166-1 alpha-2, such as BE)"
             )
-    for code in steward.diseases:
+    for disease in steward.diseases:
         try:
-            disease_iri(code)
+            disease_iri(disease)
         except UnknownCode as exc:
             yield Problem("violation", "disease code", str(exc) + ".")
             continue
-        if not code.label.strip():
+        if not disease.label.strip():
             yield Problem(
                 "warning",
                 "disease code",
-                f'Give the {code.system} code "{code.code}" a label people can read.',
+                f'Give the {disease.system} code "{disease.code}" a label people can read.',
             )
 
 

@@ -14,28 +14,23 @@ is skipped with a reason, never guessed at.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
-import pydicom
-import torch
-from monai.data import MetaTensor
-from monai.transforms import (
-    NormalizeIntensity,
-    Resize,
-    ResizeWithPadOrCrop,
-    ScaleIntensity,
-    ScaleIntensityRange,
-    Spacing,
-)
-from pydicom.pixels import apply_modality_lut
 from sqlalchemy import select
 
 from connector.compute.manifest import InputSpec
 from connector.datasets.models import ObjectRecord, StudyRecord
 from connector.datasets.vault import DatasetVault
 from connector.runtime import Runtime
+
+# numpy, pydicom, torch and MONAI load when a study is first read, not with this module: the DSP
+# provider, the job queue and the CLI import CohortFilter and must start without them.
+if TYPE_CHECKING:
+    import numpy as np
+    import pydicom
+    import torch
 
 FILTER_FIELDS = ("modality", "body_part", "age_band", "sex", "study_year", "manufacturer")
 
@@ -125,6 +120,8 @@ def decrypted_instances(
     """The study's instances (of `modalities` only, when given: nothing else is decrypted),
     decrypted and parsed in memory; ObjectIntegrityError on any object that fails authentication.
     The study's key is unwrapped once."""
+    import pydicom
+
     vault = DatasetVault(dataset, runtime.keys, runtime.sessions)
     data_key = vault.study_key(study.study_uid)
     with runtime.sessions() as session:
@@ -148,6 +145,9 @@ def decrypted_instances(
 
 def _pixels(instance: pydicom.Dataset) -> np.ndarray:
     """Modality values (e.g. Hounsfield units) of one frame, as float32; RGB becomes grey."""
+    import numpy as np
+    from pydicom.pixels import apply_modality_lut
+
     array = instance.pixel_array
     if getattr(instance, "SamplesPerPixel", 1) == 3:
         array = array.astype(np.float32).mean(axis=-1)
@@ -162,6 +162,8 @@ def _has_pixels(instance: pydicom.Dataset, modalities: set[str]) -> bool:
 
 def _slice_position(instance: pydicom.Dataset) -> float:
     # Distance along the slice normal: robust to any orientation, unlike z alone.
+    import numpy as np
+
     orientation = [float(v) for v in getattr(instance, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
     normal = np.cross(orientation[:3], orientation[3:])
     position = [
@@ -174,6 +176,8 @@ def _slice_position(instance: pydicom.Dataset) -> float:
 
 
 def _volume(series: list[pydicom.Dataset]) -> tuple[np.ndarray, tuple[float, float, float]]:
+    import numpy as np
+
     ordered = sorted(series, key=_slice_position)
     volume = np.stack([_pixels(instance) for instance in ordered], axis=-1)  # (rows, cols, slices)
     row_spacing, col_spacing = (float(v) for v in getattr(ordered[0], "PixelSpacing", [1.0, 1.0]))
@@ -185,18 +189,28 @@ def _volume(series: list[pydicom.Dataset]) -> tuple[np.ndarray, tuple[float, flo
 
 
 def _normalise(tensor: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
+
     norm = spec.normalisation
+    # MONAI annotates its transforms as ndarray-or-tensor in and out; a tensor in gives a tensor out.
+    transform: Callable[[torch.Tensor], Any]
     if norm.kind == "window":
         assert norm.window_center is not None and norm.window_width is not None
         low = norm.window_center - norm.window_width / 2
-        return ScaleIntensityRange(low, low + norm.window_width, 0.0, 1.0, clip=True)(tensor)
-    if norm.kind == "zscore":
-        return NormalizeIntensity()(tensor)
-    return ScaleIntensity(minv=0.0, maxv=1.0)(tensor)
+        transform = ScaleIntensityRange(low, low + norm.window_width, 0.0, 1.0, clip=True)
+    elif norm.kind == "zscore":
+        transform = NormalizeIntensity()
+    else:
+        transform = ScaleIntensity(minv=0.0, maxv=1.0)
+    return cast("torch.Tensor", transform(tensor))
 
 
 def study_tensor(instances: list[pydicom.Dataset], spec: InputSpec) -> torch.Tensor:
     """The model's input for one study: (channels, *spatial_size), float32; StudySkipped if none."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Resize, ResizeWithPadOrCrop, Spacing
+
     wanted = set(spec.modalities)
     usable = [instance for instance in instances if _has_pixels(instance, wanted)]
     if not usable:

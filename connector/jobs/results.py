@@ -12,14 +12,17 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
-import numpy as np
 
-from connector.compute.inference import StudyOutput
 from connector.compute.manifest import Manifest
 from connector.crypto.signing import ConnectorSigningKey
+
+# The researcher's client verifies results through this module: it must not load torch (through
+# the inference module) or numpy until a result is built.
+if TYPE_CHECKING:
+    from connector.compute.inference import StudyOutput
 
 RESULT_TYPE = "connector-result+jwt"
 DEFAULT_DECIMALS = 2  # per-study precision when the policy names none (it then denies anyway)
@@ -67,6 +70,8 @@ def build_result(
     kind = manifest.output.kind
     count = len(outputs)
     ordered = _opaque_order(outputs)
+    import numpy as np
+
     # One matrix (studies x labels), quantised in numpy: whatever precision the model produced,
     # no released value carries more than the dataset allows.
     matrix = np.array([[o.values[label] for label in labels] for o in ordered], dtype=np.float64)
