@@ -216,7 +216,7 @@ def show_policies(
         )
 
 
-def show_catalog(console: Console, client: httpx.Client, tokens: dict[Role, str]) -> None:
+def show_catalog(console: Console, client: httpx.Client, tokens: dict[Role, str], data_dir: Path) -> None:
     """The steward describes the dataset, the record is validated and published; anyone reads it."""
     from catalog.steward_file import load_steward_fields, steward_fields_to_mapping
 
@@ -239,12 +239,50 @@ def show_catalog(console: Console, client: httpx.Client, tokens: dict[Role, str]
         f"validated against the HealthDCAT-AP shapes and published: version {entry['version']} "
         f"({len(entry['warnings'])} recommendations)"
     )
-    turtle = client.get("/catalog/datasets/demo-cohort", headers={"accept": "text/turtle"}).text
-    console.print("the public record (GET /catalog/datasets/demo-cohort, Accept: text/turtle):")
-    console.print(turtle, highlight=False, markup=False, soft_wrap=True)
+    _record_summary(console, client, data_dir)
     page = client.get("/catalog", params={"modality": "CT"}, headers={"accept": "application/ld+json"})
     console.print(
         f"search GET /catalog?modality=CT as JSON-LD: {page.status_code}, {len(page.content)} bytes"
+    )
+
+
+def _record_summary(console: Console, client: httpx.Client, data_dir: Path) -> None:
+    """The public record in a few lines (its full Turtle, hundreds of lines, goes to a file)."""
+    from connector.cli_dataspace import plain_texts
+
+    turtle = client.get("/catalog/datasets/demo-cohort", headers={"accept": "text/turtle"}).text
+    turtle_file = data_dir / "catalog-record-demo-cohort.ttl"
+    turtle_file.write_text(turtle, encoding="utf-8")
+    document = client.get("/catalog/datasets/demo-cohort", headers={"accept": "application/ld+json"}).json()
+    nodes = [node for node in document.get("@graph", []) if isinstance(node, dict)]
+    # Flat nodes without blank nodes (catalog.render): each value of each property is one triple.
+    triples = sum(
+        len(value) if isinstance(value, list) else 1
+        for node in nodes
+        for key, value in node.items()
+        if key != "@id"
+    )
+    dataset = next((node for node in nodes if "Dataset" in str(node.get("@type"))), {})
+
+    def field(name: str) -> str:
+        # The reader's language of a multilingual text; every value of a list (keywords, laws).
+        return ", ".join(plain_texts(dataset.get(name))) or "-"
+
+    console.print("the public record (GET /catalog/datasets/demo-cohort):")
+    console.print(f"  title:       {field('dct:title')}", highlight=False, markup=False)
+    console.print(
+        f"  counts:      {field('healthdcatap:numberOfRecords')} records of "
+        f"{field('healthdcatap:numberOfUniqueIndividuals')} individuals",
+        highlight=False,
+        markup=False,
+    )
+    console.print(f"  keywords:    {field('dcat:keyword')}", highlight=False, markup=False)
+    console.print(f"  legislation: {field('dcatap:applicableLegislation')}", highlight=False, markup=False)
+    console.print(
+        f"  {triples} triples about {len(nodes)} subjects; the full Turtle: {turtle_file}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,  # a path cut across lines cannot be copied
     )
 
 
@@ -429,7 +467,7 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
 
             show_policies(console, client, runtime, tokens, data_dir)
 
-            show_catalog(console, client, tokens)
+            show_catalog(console, client, tokens, data_dir)
             package, signature = show_jobs(console, client, runtime, tokens)
             show_dataspace(console, runtime, data_dir, package, signature)
 

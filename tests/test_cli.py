@@ -146,6 +146,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "contract request for purpose ai-development: FINALIZED" in flowing
     assert "job succeeded under the agreement; signed result verified" in flowing
     assert "its token is refused from now on (403 agreement_inactive)" in flowing
+    # The public catalog record as a summary; its full Turtle (hundreds of lines) in a file.
+    assert "@prefix" not in result.output and "triples about" in flowing
+    assert "@prefix" in (tmp_path / "demo" / "catalog-record-demo-cohort.ttl").read_text()
 
 
 def test_demo_refuses_to_wipe_a_folder_it_did_not_make(tmp_path: Path) -> None:

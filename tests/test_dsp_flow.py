@@ -39,11 +39,11 @@ from connector.jobs.models import Job
 from connector.local_connector import write_trust_list
 from connector.runtime import Runtime
 from tests import dsp_conformance
+from tests.conftest import needs_conformance
 from tests.dsp_connectors import DATASET, RESEARCHER, Pair, permit_for, prepare_pair, running
 
-pytestmark = pytest.mark.skipif(
-    not dsp_conformance.available(), reason="../shared/conformance/dsp is missing"
-)
+# Every flow here checks the messages on the wire against the official schemas as it goes.
+pytestmark = needs_conformance("dsp")
 
 
 @pytest.fixture(scope="module")
@@ -613,6 +613,7 @@ def test_the_research_team_uses_the_cli_from_catalog_to_job_token(
     dataset_iri, offer = offer_of(catalog)
     table = runner.invoke(app, ["peer", "catalog", pair.provider.dsp], env=env)
     assert table.exit_code == 0 and "UZ Leuven (BE): urn:connector:hospital-leuven" in table.output
+    assert "@value" not in table.output and "@language" not in table.output  # titles as plain text
 
     permit = tmp_path / "permit.jwt"
     permit.write_text(permit_for(provider))

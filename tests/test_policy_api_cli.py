@@ -147,8 +147,10 @@ def test_the_dpo_cli_end_to_end(tmp_path: Path) -> None:
         "demo-cohort",
     )
     assert code == 0, permit
+    # stderr (mixed into the output here) names the permit id first; stdout holds the permit alone.
+    permit_id, permit = permit.split()[1], permit.strip().splitlines()[-1]
     request = tmp_path / "request.json"
-    request.write_text(json.dumps(access_request(permit=permit.strip(), size=k)))
+    request.write_text(json.dumps(access_request(permit=permit, size=k)))
     code, output = _cli(tmp_path, "policy", "decide", "--input", str(request), "--json")
     decision = json.loads(output)
     assert code == 0 and decision["allow"] and decision["policy_version"] == "v1"
@@ -175,7 +177,9 @@ def test_the_dpo_cli_end_to_end(tmp_path: Path) -> None:
     code, output = _cli(tmp_path, "consent", "list", "--json")
     assert sorted(row["pseudonym"] for row in json.loads(output)) == ["PSN-00", "PSN-01"]
     code, output = _cli(tmp_path, "permit", "revoke", "permit-x", "--reason", "ended")
-    assert code == 0
+    assert code == 2 and "never issued" in output  # a typo, not a permit this connector knows
+    code, output = _cli(tmp_path, "permit", "revoke", permit_id, "--reason", "ended")
+    assert code == 0 and f"permit {permit_id} revoked" in output
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path: Path) -> None:

@@ -6,15 +6,12 @@ This module only names things; it never reads a file or touches a dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "deid_recipes"
 
 
 @dataclass(frozen=True)
 class ProfileOption:
     name: str  # the CLI spelling
-    recipe: str  # file under deid_recipes/
+    recipe: str  # file under the recipes folder (connector.resources.shipped_deid_recipes_dir())
     code: str  # CID 7050 code value (coding scheme DCM)
     meaning: str
 
@@ -89,6 +86,31 @@ DEFAULT_OPTIONS = (
 
 class UnknownOption(ValueError):
     pass
+
+
+# Options of which a dataset can have only one: naming one on the command line replaces the other
+# where it came from the defaults (asking for full dates must not collide with the default's
+# modified dates); naming both stays an error (resolve_options).
+_EXCLUSIVE = (("retain-longitudinal-modified-dates", "retain-longitudinal-full-dates"),)
+
+
+def requested_options(names: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The options a command line asks for: `-o X` adds X to DEFAULT_OPTIONS (as the README says);
+    `none` drops the defaults, so `-o none` is the Basic Profile alone and `-o none -o X` is X alone.
+    Names are not checked here (resolve_options does, with the list to choose from)."""
+    if not names:
+        return DEFAULT_OPTIONS
+    named = tuple(dict.fromkeys(name for name in names if name != "none"))
+    if "none" in names:
+        return named
+    dropped = {
+        default
+        for group in _EXCLUSIVE
+        for default in group
+        if default in DEFAULT_OPTIONS and any(other in named for other in group if other != default)
+    }
+    kept = tuple(name for name in DEFAULT_OPTIONS if name not in dropped)
+    return kept + tuple(name for name in named if name not in kept)
 
 
 def resolve_options(names: list[str] | tuple[str, ...]) -> tuple[ProfileOption, ...]:

@@ -84,10 +84,23 @@ class ConsoleFormatter(logging.Formatter):
         return redact(text)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """Route the root logger (and uvicorn's) to stderr through the chosen formatter."""
+def resolved_format(fmt: str, stream: Any = None) -> str:
+    """`json` or `console`: "auto" is console on a terminal (a person reads it), JSON otherwise (a
+    log collector parses it)."""
+    if fmt != "auto":
+        return fmt
+    stream = sys.stderr if stream is None else stream
+    try:
+        return "console" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no isatty, or a closed stream: not a terminal
+        return "json"
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Route the root logger (and uvicorn's) to stderr through the chosen formatter ("auto": see
+    `resolved_format`)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.setFormatter(JsonFormatter() if resolved_format(fmt) == "json" else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -31,6 +31,10 @@ DEV_HDAB_ISSUER = "urn:connector:dev-hdab"
 # A permit covers a research project; the HDAB may grant up to five years (EHDS art. 68(12)).
 MAX_PERMIT_DAYS = 5 * 366
 _COUNTRY = re.compile(r"[A-Z]{2}")
+# What a permit id (`jti`) may look like on the command line: HDABs choose their own schemes
+# ("HDAB-DE-2026-0001", "urn:..."), so this only keeps out what no HDAB issues (spaces, quotes,
+# control characters, empty or endless strings).
+_PERMIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 _STATUS_OF_CODE = {
     "token_expired": "expired",
     "token_not_yet_valid": "not_yet_valid",
@@ -55,6 +59,21 @@ class PermitCheck:
         if self.status == "valid":
             document["claims"] = dict(self.claims)
         return document
+
+
+def new_permit_id() -> str:
+    """A fresh id in the development HDAB's scheme (permit-<12 hex digits>)."""
+    return f"permit-{uuid.uuid4().hex[:12]}"
+
+
+def permit_id_problem(permit_id: str) -> str | None:
+    """Why `permit_id` cannot be the id of any HDAB's permit, or None when it can."""
+    if _PERMIT_ID.fullmatch(permit_id):
+        return None
+    return (
+        f"{permit_id!r:.60} is not a permit id: letters, digits and . _ : / @ + - (up to 200), "
+        "as the permit's `jti` claim holds it"
+    )
 
 
 def _string_list(claims: Mapping[str, Any], name: str) -> list[str]:
@@ -154,7 +173,7 @@ class DevPermitIssuer:
         if isinstance(valid_days, bool) or not 1 <= valid_days <= MAX_PERMIT_DAYS:
             raise ValueError(f"valid_days must be between 1 and {MAX_PERMIT_DAYS}")
         claims = {
-            "jti": permit_id or f"permit-{uuid.uuid4().hex[:12]}",
+            "jti": permit_id or new_permit_id(),
             "org": organisation,
             "purposes": list(purposes),
             "datasets": list(datasets),
