@@ -5,6 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Where torch 2.13.0 comes from. Empty (the default): pip's own indexes, i.e. PyPI, whose Linux build
+# carries CUDA and runs on a CPU too (machines with a CPU build of torch on disk take that one).
+# Another build: PyTorch's own wheel index for it, e.g.
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu     CPU only, a much smaller download
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126   a GPU node with CUDA 12.6
+# The virtualenv is built once: run `make clean` before switching builds.
+TORCH_INDEX ?=
 
 .PHONY: setup system-deps services demo test lint clean
 
@@ -25,8 +32,9 @@ services:
 $(STAMP): pyproject.toml requirements.lock Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip==25.3
-	# torch first and pinned: unpinned, a dependency would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	# torch first and pinned, from TORCH_INDEX when given, so that no dependency picks another build. The
+	# lock pins it without a local version (+cpu, +cu126): the constraints below accept whichever it is.
+	$(BIN)/pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) )torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
 	# The embedded OPA engine: its metadata claims Python >= 3.14 but it runs on 3.11 (tests/test_policy_engine.py).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --ignore-requires-python opa-golib-python-bindings==0.4.4
@@ -39,10 +47,13 @@ demo: setup
 
 test: system-deps services setup
 	$(BIN)/ruff check connector catalog tests benchmarks
+	$(BIN)/mypy
 	REQUIRE_POSTGRES_TESTS=1 $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check connector catalog tests benchmarks
+	# The type check; what it covers and how strictly: [tool.mypy] in pyproject.toml.
+	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) demo-data .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-data .pytest_cache .ruff_cache .mypy_cache

@@ -191,18 +191,18 @@ def _add_code_values(t: _Triples, ds: URIRef, desc: DatasetDescription) -> None:
         else:
             t.add(node, SKOS.notation, Literal(known.term))
     systems: set[URIRef] = set()
-    for code in steward.diseases:
+    for disease in steward.diseases:
         try:
-            node = disease_iri(code)
+            node = disease_iri(disease)
         except UnknownCode:
             continue
-        icd = code.system == "ICD-10"
+        icd = disease.system == "ICD-10"
         systems.add(vocab.ICD10_CODING_SYSTEM if icd else vocab.SNOMED_CODING_SYSTEM)
         t.add(ds, HEALTHDCATAP.hasCodeValues, node)
         t.add(node, RDF.type, SKOS.Concept)
-        label = code.label or f"{'ICD-10' if icd else 'SNOMED CT'} {code.code}"
+        label = disease.label or f"{'ICD-10' if icd else 'SNOMED CT'} {disease.code}"
         t.add(node, SKOS.prefLabel, Literal(label, lang="en"))
-        t.add(node, SKOS.notation, Literal(code.code))
+        t.add(node, SKOS.notation, Literal(disease.code))
         t.add(node, SKOS.inScheme, vocab.ICD10_SCHEME if icd else vocab.SNOMED_SCHEME)
     for system in sorted(systems):
         t.add(ds, HEALTHDCATAP.hasCodingSystem, system)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING
 from dataclasses import fields as dataclass_fields
 from datetime import date, datetime
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from catalog.model import AccessRights, Agent, Code, CodeSystem, Contact, LangText, Period, StewardFields
 from catalog.vocab import tag_is_valid
@@ -194,9 +194,12 @@ def _diseases(r: _Reader, value: Any, path: str) -> tuple[Code, ...]:
     for index, item in enumerate(value, start=1):
         where = f"{path}[{index}]"
         data = r.table(item, where, _CODE_KEYS, ("system", "code"))
+        # Any other system is a recorded problem, and a file with problems is refused as a whole.
+        chosen = r.choice(data.get("system", _CODE_SYSTEMS[0]), f"{where}.system", _CODE_SYSTEMS)
+        system = cast(CodeSystem, chosen)
         codes.append(
             Code(
-                system=r.choice(data.get("system", _CODE_SYSTEMS[0]), f"{where}.system", _CODE_SYSTEMS),  # type: ignore[arg-type]
+                system=system,
                 code=r.text(data.get("code", ""), f"{where}.code"),
                 label=r.text(data.get("label", ""), f"{where}.label"),
             )

@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import Engine
 
 from connector import __version__
-from connector.crypto.keyfile import KeyFileError
-from connector.crypto.keystore import KeyStoreError
-from connector.db.engine import DatabaseUnavailable
-from connector.settings import Settings, SettingsError, load_settings
+
+# Only typer, rich and the standard library load with the command tree, so that `--help` answers
+# at once: settings, the database, crypto and every domain module are imported by the commands
+# that use them (tests/test_cli_startup.py checks that no heavy library loads for --help).
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from connector.runtime import Runtime
+    from connector.settings import Settings
 
 app = typer.Typer(
     help="Secure data-space connector for cross-border medical imaging exchange.",
@@ -47,7 +53,28 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(keys_app, name="keys")
 
-console = Console()
+
+class CliConsole(Console):
+    """The commands' stdout console, with `table()`: tables that never cut a value."""
+
+    def table(self, table: Table) -> None:
+        """Print `table` whole: dataset names, pseudonyms and ids are never cut with an ellipsis.
+        On a terminal long cells fold within its width; piped or captured output (scripts, grep,
+        logs) gets the table's full natural width, whatever COLUMNS says."""
+        from rich.measure import Measurement
+
+        for column in table.columns:
+            column.overflow = "fold"
+        if self.is_terminal:
+            self.print(table)
+            return
+        natural = Measurement.get(self, self.options.update_width(_UNCUT_WIDTH), table).maximum
+        Console(file=self.file, width=max(self.width, natural), no_color=self.no_color).print(table)
+
+
+_UNCUT_WIDTH = 100_000  # "unlimited" for rich, which measures against a width
+
+console = CliConsole()
 errors = Console(stderr=True)
 
 
@@ -76,6 +103,8 @@ def dataset_name_option(value: Any) -> Any:
 
 
 def settings() -> Settings:
+    from connector.settings import SettingsError, load_settings
+
     try:
         return load_settings(CliState.config_file)
     except SettingsError as exc:
@@ -83,9 +112,12 @@ def settings() -> Settings:
 
 
 @contextmanager
-def runtime_for(loaded: Settings) -> Iterator:  # type: ignore[type-arg]
+def runtime_for(loaded: Settings) -> Iterator[Runtime]:
     """The assembled connector, with start-up failures turned into one readable line."""
+    from connector.crypto.keyfile import KeyFileError
+    from connector.crypto.keystore import KeyStoreError
     from connector.dataspace.trust import TrustListError
+    from connector.db.engine import DatabaseUnavailable
     from connector.runtime import build_runtime
 
     try:
@@ -121,6 +153,45 @@ def main_options(
     CliState.config_file = config
 
 
+# uvicorn.run's exit status when the server could not start (uvicorn.main.STARTUP_FAILURE).
+_UVICORN_STARTUP_FAILURE = 3
+
+
+class _EmbeddedWorker:
+    """`connector serve`'s job worker, built once the service answers: the job runner's imports
+    (torch, MONAI: seconds of start-up) wait until /readyz is up instead of delaying it. Stopping
+    before it was built builds nothing."""
+
+    def __init__(self, runtime: Any, loaded: Settings, ready: Callable[[], bool]) -> None:
+        self._stopping = threading.Event()
+        self._worker: Any = None
+        self._thread = threading.Thread(
+            target=self._start_when_ready, args=(runtime, loaded, ready), name="job-worker-start", daemon=True
+        )
+        self._thread.start()
+
+    def _start_when_ready(self, runtime: Any, loaded: Settings, ready: Callable[[], bool]) -> None:
+        while not ready():
+            if self._stopping.wait(0.05):
+                return
+        try:
+            from connector.jobs.runner import Worker, sandbox_limits
+
+            worker = Worker(runtime, sandbox_limits(loaded), loaded.worker_poll_seconds)
+        except Exception:
+            logging.getLogger("connector.jobs").exception("the embedded job worker could not start")
+            return
+        if not self._stopping.is_set():  # stop() joins this thread before it looks at _worker
+            worker.start()
+            self._worker = worker
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        if self._worker is not None:
+            self._worker.stop()
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: setting `host`).")] = None,
@@ -147,16 +218,17 @@ def serve(
         # Signs a moved head every audit_checkpoint_seconds even when nothing is recorded.
         audit_timer = AuditCheckpointer(runtime.audit, loaded.audit_checkpoint_seconds)
         audit_timer.start()
-        worker = None
-        if loaded.embedded_worker:
-            from connector.jobs.runner import Worker, sandbox_limits
-
-            worker = Worker(runtime, sandbox_limits(loaded), loaded.worker_poll_seconds)
-            worker.start()
+        config = uvicorn.Config(
+            create_app(runtime), host=host or loaded.host, port=port or loaded.port, log_config=None
+        )
+        server = uvicorn.Server(config)
+        worker = _EmbeddedWorker(runtime, loaded, lambda: server.started) if loaded.embedded_worker else None
         try:
-            uvicorn.run(
-                create_app(runtime), host=host or loaded.host, port=port or loaded.port, log_config=None
-            )
+            # What uvicorn.run does for one process, with the server at hand for the worker's start.
+            with suppress(KeyboardInterrupt):
+                server.run()
+            if not server.started:
+                sys.exit(_UVICORN_STARTUP_FAILURE)
         finally:
             housekeeper.stop()
             if worker is not None:
@@ -229,12 +301,12 @@ def config_show(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     table = Table("setting", "value", title="Effective settings")
     for key, value in data.items():
         table.add_row(key, json.dumps(value) if isinstance(value, list | dict) else str(value))
-    console.print(table)
+    console.table(table)
 
 
 def _reachable_engine(loaded: Settings) -> Engine:
     """An engine for the configured database, or a one-line error when it cannot be reached."""
-    from connector.db.engine import check_database, make_engine
+    from connector.db.engine import DatabaseUnavailable, check_database, make_engine
 
     engine = make_engine(loaded.effective_database_url)
     try:
@@ -287,6 +359,7 @@ def token_issue(
     if not loaded.dev_issuer_enabled:
         raise _fail("the development issuer is disabled (dev_issuer_enabled = false)")
     with runtime_for(loaded) as runtime:
+        assert runtime.dev_issuer is not None  # dev_issuer_enabled, checked above, builds it
         try:
             token = runtime.dev_issuer.issue(sub, role, ttl_seconds=ttl, organisation=org, country=country)
         except ValueError as exc:
@@ -354,7 +427,7 @@ def audit_show(
             record.outcome,
             "; ".join(json.loads(record.reasons)),
         )
-    console.print(table)
+    console.table(table)
 
 
 @audit_app.command("export")
@@ -411,12 +484,13 @@ def synth(
 
 
 def _deid_options(option: list[str] | None, in_dir: Path) -> tuple[str, ...]:
-    """The profile options a de-identifying command asked for ('none': the Basic Profile alone)."""
-    from connector.deid.options import DEFAULT_OPTIONS
+    """The profile options a de-identifying command asked for: `-o` adds to the defaults, 'none'
+    drops them (connector.deid.options.requested_options)."""
+    from connector.deid.options import requested_options
 
     if not in_dir.is_dir():
         raise _fail(f"input folder {in_dir} does not exist")
-    return DEFAULT_OPTIONS if not option else tuple(name for name in option if name != "none")
+    return requested_options(option)
 
 
 @app.command()
@@ -431,15 +505,20 @@ def deid(
         typer.Option(
             "--option",
             "-o",
-            help="A profile option (repeatable), e.g. clean-descriptors, retain-uids; 'none' for the basic "
-            "profile alone. Default: clean-descriptors, clean-structured-content, clean-pixel-data, "
-            "retain-longitudinal-modified-dates, retain-patient-characteristics.",
+            help="A profile option added to the defaults (repeatable), e.g. retain-uids; 'none' drops the "
+            "defaults ('-o none' is the basic profile alone, '-o none -o X' is X alone). Defaults: "
+            "clean-descriptors, clean-structured-content, clean-pixel-data, "
+            "retain-longitudinal-modified-dates (full-dates replaces it), retain-patient-characteristics.",
         ),
     ] = None,
     dataset: Annotated[
-        str,
-        typer.Option(help="The dataset whose secret keys pseudonyms and UIDs.", callback=dataset_name_option),
-    ] = "default",
+        str | None,
+        typer.Option(
+            help="The dataset whose secret keys pseudonyms and UIDs (required: the same name gives the "
+            "same pseudonyms, another name unlinkable ones).",
+            callback=dataset_name_option,
+        ),
+    ] = None,
     quarantine: Annotated[
         Path | None, typer.Option(help="Where refused originals go (default: <data_dir>/quarantine).")
     ] = None,
@@ -450,6 +529,7 @@ def deid(
     """De-identify every DICOM file under IN_DIR into OUT_DIR (PS3.15 Annex E, verified, reported)."""
 
     from connector.crypto.dataset_secrets import load_or_create_dataset_secret
+    from connector.crypto.keyfile import KeyFileError
     from connector.deid.batch import run_batch
     from connector.deid.keys import DatasetKeys
     from connector.deid.options import UnknownOption
@@ -461,9 +541,18 @@ def deid(
     chosen = _deid_options(option, in_dir)
     loaded = settings()
     try:
-        plan = compile_recipes(chosen)
+        plan = compile_recipes(chosen, recipes_dir=loaded.deid_recipes_dir)
+    except (RecipeError, UnknownOption, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if dataset is None:
+        # No silent shared secret: pseudonyms keyed by a "default" dataset would link every such run.
+        raise _fail(
+            "choose the dataset whose secret keys the pseudonyms and UIDs: --dataset NAME "
+            "(the same name gives the same pseudonyms in later runs and ingests)"
+        )
+    try:
         secret = load_or_create_dataset_secret(loaded.keys_dir, dataset)
-    except (RecipeError, UnknownOption, ValueError, KeyFileError) as exc:
+    except (ValueError, KeyFileError) as exc:
         raise _fail(str(exc)) from None
     with (
         runtime_for(loaded) as runtime,
@@ -535,6 +624,7 @@ def ingest(
     ] = None,
 ) -> None:
     """De-identify, verify, encrypt, store and index a folder into an encrypted dataset (resumable)."""
+    from connector.crypto.keystore import KeyStoreError
     from connector.datasets.ingest import DatasetConflict
     from connector.datasets.ingest import ingest as run_ingest
     from connector.datasets.vault import ObjectIntegrityError
@@ -615,7 +705,7 @@ def datasets_list() -> None:
             str(row.objects),
             f"{row.plain_bytes / 1e6:.1f}",
         )
-    console.print(table)
+    console.table(table)
 
 
 @datasets_app.command("show")
@@ -648,6 +738,7 @@ def export(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the de-identified files.")],
 ) -> None:
     """Decrypt a dataset back to its exact de-identified files (data stewards; audited)."""
+    from connector.crypto.keystore import KeyStoreError
     from connector.datasets.export import UnknownDataset, export_dataset
     from connector.datasets.vault import ObjectIntegrityError
     from connector.storage.objects import ObjectStoreError
@@ -683,6 +774,7 @@ def shred(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation (scripts).")] = False,
 ) -> None:
     """Crypto-shred a patient, a study or a whole dataset: keys destroyed, objects deleted, audited."""
+    from connector.crypto.keystore import KeyStoreError
     from connector.datasets.shred import shred as run_shred
 
     if sum(bool(x) for x in (patient, study, whole)) != 1:
@@ -713,6 +805,8 @@ def shred(
 @keys_app.command("status")
 def keys_status() -> None:
     """Key-encryption keys per dataset: current version, versions kept, destroyed datasets."""
+    from connector.crypto.keystore import KeyStoreError
+
     with runtime_for(settings()) as runtime:
         try:
             rows = runtime.keys.status()
@@ -727,7 +821,7 @@ def keys_status() -> None:
             str(row.created),
             str(row.destroyed),
         )
-    console.print(table)
+    console.table(table)
 
 
 @keys_app.command("rotate")
@@ -737,6 +831,7 @@ def keys_rotate(
     ],
 ) -> None:
     """New key-encryption key; every study key re-wrapped (no data re-encrypted); old versions retired."""
+    from connector.crypto.keystore import KeyStoreError
     from connector.datasets.shred import rotate_dataset_key
 
     with runtime_for(settings()) as runtime:
@@ -756,7 +851,11 @@ def demo(
     patients: Annotated[int, typer.Option(min=1, max=1000, help="Patients in the synthetic cohort.")] = 4,
 ) -> None:
     """Run the end-to-end demo on embedded defaults (no server to install)."""
+    from connector.crypto.keyfile import KeyFileError
+    from connector.crypto.keystore import KeyStoreError
+    from connector.db.engine import DatabaseUnavailable
     from connector.demo import run_demo
+    from connector.settings import SettingsError
 
     try:
         run_demo(data_dir.absolute(), patients, console)

@@ -10,25 +10,24 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from catalog.render import Format, render_description
-from catalog.steward_file import StewardFileError, load_steward_fields
-from catalog.validate import validate
-from connector.cataloging import service
-from connector.cataloging.listing import whole_catalog
-from connector.cataloging.service import CatalogRefused, PushReport, UnknownEntry
 from connector.cli import _fail, cli_actor, console, dataset_name_option, runtime_for, settings
+
+# rdflib, pyshacl and the catalog service load inside the commands that use them, never for --help.
+if TYPE_CHECKING:
+    from catalog.render import Format
+    from connector.cataloging.service import CatalogRefused, PushReport
 
 catalog_app = typer.Typer(
     help="The HealthDCAT-AP catalog: describe datasets, check and export their records.",
     no_args_is_help=True,
 )
 FormatOption = Annotated[str, typer.Option("--format", help="turtle, jsonld or rdfxml.")]
-FORMATS = ("turtle", "jsonld", "rdfxml")
+FORMATS: tuple[Format, ...] = ("turtle", "jsonld", "rdfxml")
 
 
 def register(app: typer.Typer) -> None:
@@ -37,9 +36,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _fmt(value: str) -> Format:
-    if value not in FORMATS:
-        raise _fail(f"--format must be one of {', '.join(FORMATS)}")
-    return value  # type: ignore[return-value]
+    for known in FORMATS:
+        if value == known:
+            return known
+    raise _fail(f"--format must be one of {', '.join(FORMATS)}")
 
 
 def _refused(exc: CatalogRefused) -> typer.Exit:
@@ -55,6 +55,10 @@ def describe(
     file: Annotated[Path, typer.Argument(help="The steward's TOML description (see catalog/examples/).")],
 ) -> None:
     """Set a dataset's descriptive fields from a TOML file (validated; a published record updates)."""
+    from catalog.steward_file import StewardFileError, load_steward_fields
+    from connector.cataloging import service
+    from connector.cataloging.service import CatalogRefused, UnknownEntry
+
     try:
         fields = load_steward_fields(file.read_text(encoding="utf-8"), source=str(file))
     except OSError as exc:
@@ -83,7 +87,9 @@ def show(
 ) -> None:
     """Print a dataset's record: as published, or a preview of a draft."""
     fmt = _fmt(format)
-    from catalog.render import render_stored
+    from catalog.render import render_description, render_stored
+    from connector.cataloging import service
+    from connector.cataloging.service import CatalogRefused, UnknownEntry
 
     with runtime_for(settings()) as runtime:
         try:
@@ -108,6 +114,10 @@ def validate_command(
     dataset: Annotated[str, typer.Argument(help="The dataset.", callback=dataset_name_option)],
 ) -> None:
     """Check the record a dataset would publish now; exit 1 on any violation."""
+    from catalog.validate import validate
+    from connector.cataloging import service
+    from connector.cataloging.service import CatalogRefused, UnknownEntry
+
     with runtime_for(settings()) as runtime:
         try:
             fields = service.steward_fields_of(runtime, dataset)
@@ -133,6 +143,8 @@ def export_catalog(
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
 ) -> None:
     """The whole public catalog (every published and withdrawn record) as one document."""
+    from connector.cataloging.listing import whole_catalog
+
     fmt = _fmt(format)
     with runtime_for(settings()) as runtime:
         document = whole_catalog(runtime, fmt)
@@ -150,6 +162,8 @@ def publications_command(
     ] = None,
 ) -> None:
     """Pushes to remote catalogs, newest first, with each remote's answer."""
+    from connector.cataloging import service
+
     with runtime_for(settings()) as runtime:
         rows = service.publications(runtime, dataset)
     table = Table("at", "dataset", "target", "action", "version", "result", "answer / error")
@@ -164,7 +178,7 @@ def publications_command(
             result,
             (row.error or row.answer)[:80],
         )
-    console.print(table)
+    console.table(table)
 
 
 def _print_report(dataset: str, report: PushReport) -> None:
@@ -189,6 +203,9 @@ def publish(
     ] = False,
 ) -> None:
     """Publish a dataset's record in this catalog and push it to remote catalogs (or withdraw it)."""
+    from connector.cataloging import service
+    from connector.cataloging.service import CatalogRefused, UnknownEntry
+
     with runtime_for(settings()) as runtime:
         try:
             if withdraw:

@@ -14,19 +14,24 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from connector.cli import _fail, console, runtime_for, settings
-from connector.dataspace import messages as m
-from connector.dataspace.negotiations import DspError, get_negotiation, list_negotiations, start_negotiation
-from connector.dataspace.peer_client import PeerError, call
-from connector.dataspace.states import NEGOTIATION_FINAL, TRANSFER_FINAL
-from connector.dataspace.transfers import end, get_transfer, list_transfers, start_transfer
-from connector.dataspace.trust import Participant
-from connector.runtime import Runtime
+
+# The dataspace modules (pydantic messages, the database, the job queue) load inside the commands,
+# so that `--help` stays fast (tests/test_cli_startup.py).
+if TYPE_CHECKING:
+    from connector.dataspace.negotiations import DspError
+    from connector.dataspace.peer_client import PeerError
+    from connector.dataspace.trust import Participant
+    from connector.runtime import Runtime
+
+# connector.dataspace.messages.COMPUTE_TO_DATA, spelled out for the option's default so that the
+# messages module need not load with the command tree (tests/test_cli_startup.py checks they match).
+COMPUTE_TO_DATA = "ComputeToData"
 
 peer_app = typer.Typer(
     help="Peer connectors: this connector's identity, their catalogs, our processes.", no_args_is_help=True
@@ -72,6 +77,9 @@ def peer_catalog(
     ] = False,
 ) -> None:
     """Request a peer's DSP catalog: its datasets, offers and transfer formats."""
+    from connector.dataspace import messages as m
+    from connector.dataspace.peer_client import PeerError, call
+
     with runtime_for(settings()) as runtime:
         provider = _provider(runtime, url)
         try:
@@ -89,17 +97,59 @@ def peer_catalog(
     for dataset in (catalog or {}).get("dataset", []):
         offer = (dataset.get("hasPolicy") or [{}])[0]
         constraints = (offer.get("permission") or [{}])[0].get("constraint", [])
-        purposes = next((c.get("rightOperand") for c in constraints if c.get("leftOperand") == "purpose"), [])
-        title = dataset.get("dct:title")
-        title = title.get("@value") if isinstance(title, dict) else title
+        purposes: Any = next(
+            (c.get("rightOperand") for c in constraints if c.get("leftOperand") == "purpose"), []
+        )
         table.add_row(
             str(dataset.get("@id")),
-            str(title or ""),
+            plain_text(dataset.get("dct:title", dataset.get("http://purl.org/dc/terms/title"))),
             str(offer.get("@id")),
             ", ".join(purposes) if isinstance(purposes, list) else str(purposes),
             ", ".join(d.get("format", "") for d in dataset.get("distribution", [])),
         )
-    console.print(table)
+    console.table(table)
+
+
+def _languages() -> list[str]:
+    """The reader's languages, best first: the locale's (LC_ALL, LC_MESSAGES, LANG), then English."""
+    import os
+
+    wanted = []
+    for variable in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        code = os.environ.get(variable, "").split(".")[0].split("_")[0].lower()
+        if code and code not in ("c", "posix"):
+            wanted.append(code)
+    return [*dict.fromkeys([*wanted, "en"])]
+
+
+def plain_texts(value: Any, languages: list[str] | None = None) -> list[str]:
+    """A JSON-LD value as plain texts: strings, {"@value", "@language"} objects, {"@id"}s or a list
+    of them; every text in the best of `languages` (default: the reader's), else every untagged
+    one, else those in the first language given (keywords: all of them in one language)."""
+    items = value if isinstance(value, list) else [] if value is None else [value]
+    texts: list[tuple[str, str]] = []  # (language, text)
+    for item in items:
+        if isinstance(item, dict) and "@value" in item:
+            texts.append((str(item.get("@language") or "").lower(), str(item["@value"])))
+        elif isinstance(item, dict) and "@id" in item:  # a resource (a law, a licence): its IRI
+            texts.append(("", str(item["@id"])))
+        elif isinstance(item, str | int | float):
+            texts.append(("", str(item)))
+    if not texts:
+        return []
+    for wanted in languages if languages is not None else _languages():
+        # "en" also picks "en-GB": a regional tag is still the reader's language.
+        found = [text for tag, text in texts if tag == wanted or tag.startswith(wanted + "-")]
+        if found:
+            return found
+    untagged = [text for tag, text in texts if not tag]
+    return untagged or [text for tag, text in texts if tag == texts[0][0]]
+
+
+def plain_text(value: Any, languages: list[str] | None = None) -> str:
+    """One text of a JSON-LD value (a title), as `plain_texts` chooses; "" when it has none."""
+    texts = plain_texts(value, languages)
+    return texts[0] if texts else ""
 
 
 def _permit(value: str) -> str:
@@ -142,6 +192,10 @@ def negotiate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Negotiate a contract for a peer's dataset offer, through to FINALIZED or TERMINATED."""
+    from connector.dataspace.negotiations import DspError, get_negotiation, start_negotiation
+    from connector.dataspace.peer_client import PeerError, call
+    from connector.dataspace.states import NEGOTIATION_FINAL
+
     token = _permit(permit)
     with runtime_for(settings()) as runtime:
         provider = _provider(runtime, url)
@@ -187,13 +241,18 @@ def transfer_start(
     agreement: Annotated[str, typer.Option("--agreement", help="The contract agreement's id.")],
     fmt: Annotated[
         str, typer.Option("--format", help="ComputeToData or EncryptedDataset-PULL.")
-    ] = m.COMPUTE_TO_DATA,
+    ] = COMPUTE_TO_DATA,
     wait: WaitOption = 30.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the transfer and its data address as JSON.")
     ] = False,
 ) -> None:
     """Request a transfer; print the data address (ComputeToData: the job endpoint and its token)."""
+    from connector.dataspace import messages as m
+    from connector.dataspace.negotiations import DspError
+    from connector.dataspace.states import TRANSFER_FINAL
+    from connector.dataspace.transfers import get_transfer, start_transfer
+
     if fmt not in m.FORMATS:
         raise _fail(f"--format must be one of {', '.join(m.FORMATS)}")
     with runtime_for(settings()) as runtime:
@@ -212,6 +271,8 @@ def transfer_start(
 
 
 def _transfer_dict(view: Any) -> dict[str, Any]:
+    from connector.dataspace import messages as m
+
     address = m.DataAddress.model_validate(view.data_address) if view.data_address else None
     return {
         "transfer": view.pid,
@@ -248,6 +309,9 @@ def transfer_status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show one transfer process."""
+    from connector.dataspace.negotiations import DspError
+    from connector.dataspace.transfers import get_transfer
+
     with runtime_for(settings()) as runtime:
         try:
             view = get_transfer(runtime, pid)
@@ -257,6 +321,9 @@ def transfer_status(
 
 
 def _end(pid: str, kind: str, reason: str) -> None:
+    from connector.dataspace.negotiations import DspError
+    from connector.dataspace.transfers import end
+
     with runtime_for(settings()) as runtime:
         try:
             view = end(runtime, pid, kind, [reason] if reason else [])
@@ -287,7 +354,8 @@ def transfer_resume(
     pid: Annotated[str, typer.Argument(help="The transfer's id (ours).")], wait: WaitOption = 30.0
 ) -> None:
     """Ask the provider to start a suspended transfer again (it decides again; a fresh token)."""
-    from connector.dataspace.transfers import resume
+    from connector.dataspace.negotiations import DspError
+    from connector.dataspace.transfers import get_transfer, resume
 
     with runtime_for(settings()) as runtime:
         try:
@@ -315,6 +383,8 @@ def transfer_terminate(
 @peer_app.command("negotiations")
 def negotiations_list() -> None:
     """Our contract negotiations, as provider and as consumer, newest first."""
+    from connector.dataspace.negotiations import list_negotiations
+
     with runtime_for(settings()) as runtime:
         rows = list_negotiations(runtime)
     table = Table()
@@ -322,12 +392,14 @@ def negotiations_list() -> None:
         table.add_column(column, overflow="fold")
     for v in rows:
         table.add_row(v.pid, v.role, v.peer, v.state, v.dataset or v.target, v.purpose, v.agreement_id)
-    console.print(table)
+    console.table(table)
 
 
 @peer_app.command("transfers")
 def transfers_list() -> None:
     """Our transfer processes, newest first."""
+    from connector.dataspace.transfers import list_transfers
+
     with runtime_for(settings()) as runtime:
         rows = list_transfers(runtime)
     table = Table()
@@ -335,4 +407,4 @@ def transfers_list() -> None:
         table.add_column(column, overflow="fold")
     for v in rows:
         table.add_row(v.pid, v.role, v.peer, v.state, v.format, v.agreement_id)
-    console.print(table)
+    console.table(table)

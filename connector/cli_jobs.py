@@ -2,7 +2,8 @@
 
 - `jobs submit|status|list|results|cancel`: compute-to-data jobs on a remote connector's API;
 - `teams register-key`: a steward or DPO registers an AI team's package-signing key over the API;
-- `model keygen|pack|sign`: a team's key pair, a model package and its signature, all offline.
+- `model keygen|pack|sign`: a team's key pair, a model package and its signature, all offline;
+  `model manifest-schema|manifest-example`: what a package's manifest.json holds.
 
 Remote commands take `--url` and `--token` (or IMAGING_CONNECTOR_URL and IMAGING_CONNECTOR_TOKEN:
 the connector's own settings loader refuses every unknown CONNECTOR_* variable, so a client's
@@ -19,21 +20,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import jwt
 import typer
 from rich.markup import escape
 
 from connector.cli import console, dataset_name_option, errors
-from connector.client import (
-    ConnectorClient,
-    ConnectorError,
-    Job,
-    ResultError,
-    WaitTimeout,
-    verify_with,
-)
+
+# The HTTP client (httpx, jwt, pydantic manifests) loads with the first remote command, not --help.
+if TYPE_CHECKING:
+    from connector.client import ConnectorClient, ConnectorError, Job
 
 URL_ENV = "IMAGING_CONNECTOR_URL"
 TOKEN_ENV = "IMAGING_CONNECTOR_TOKEN"  # noqa: S105 (a variable's name, not a secret)
@@ -48,7 +44,8 @@ teams_app = typer.Typer(
     help="AI teams' package-signing keys on a connector (stewards, DPOs).", no_args_is_help=True
 )
 model_app = typer.Typer(
-    help="Model packages, offline: a team key pair, a package zip, the team's signature over it.",
+    help="Model packages, offline: a team key pair, a package zip, the team's signature over it; "
+    "the manifest's schema and an example.",
     no_args_is_help=True,
 )
 
@@ -124,6 +121,8 @@ def _remote(url: str, token: str | None) -> Iterator[ConnectorClient]:
         raise _fail(f"a token is needed: pass --token or set {TOKEN_ENV}")
     if not url.startswith(("http://", "https://")):
         raise _fail(f"--url must start with http:// or https:// (got {url[:100]!r})")
+    from connector.client import ConnectorClient, ConnectorError
+
     client = ConnectorClient(url, token)
     try:
         yield client
@@ -187,6 +186,8 @@ def _cohort_options(**values: list[str] | None) -> dict[str, list[str]]:
 def _follow(client: ConnectorClient, job: Job, timeout: float, poll: float, quiet: bool) -> Job:
     """Poll the job to a final state, with a progress bar of studies done unless `quiet`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from connector.client import WaitTimeout
 
     with Progress(
         "[progress.description]{task.description}",
@@ -264,6 +265,8 @@ def jobs_submit(
     Exits 1 when the policy denies the job (or it ends other than succeeded), 2 when the submission
     is refused (signature, package, request) or the connector cannot be reached.
     """
+    from connector.client import ConnectorError
+
     content = _read_bytes(package, "package")
     jws = _read_text(signature, "signature")
     permit_token = _read_text(permit, "permit")
@@ -385,6 +388,8 @@ def jobs_results(
 
     A result that fails verification is not written, and the command exits 1.
     """
+    from connector.client import ResultError, verify_with
+
     keys: dict[str, Any] | None = None
     if public_key is not None:
         try:
@@ -510,6 +515,24 @@ def model_keygen(
     _say("have a data steward register the public key: connector teams register-key TEAM team-public.pem")
 
 
+@model_app.command("manifest-schema")
+def model_manifest_schema() -> None:
+    """Print the JSON Schema of a package's manifest.json (what the connector accepts, field by field)."""
+    from connector.compute.manifest import Manifest
+
+    _print_json(Manifest.model_json_schema())
+
+
+@model_app.command("manifest-example")
+def model_manifest_example() -> None:
+    """Print a complete manifest.json: the demo model's (connector/compute/demo_model.py), to edit."""
+    # The demo's own builder, so the example is one the connector has accepted and run (it loads
+    # torch for that: a moment, once).
+    from connector.compute.demo_model import demo_manifest
+
+    _print_json(demo_manifest().model_dump(mode="json", exclude_none=True))
+
+
 @model_app.command("pack")
 def model_pack(
     manifest_file: Annotated[Path, typer.Argument(help="The manifest (JSON).", dir_okay=False)],
@@ -572,6 +595,8 @@ def model_sign(
     as_json: JsonFlag = False,
 ) -> None:
     """Sign a package as a team (a JWS over its sha256); the package is checked first."""
+    import jwt
+
     from connector.compute.package import PackageError, package_digest, read_package
     from connector.compute.package_signing import KeyRegistryError, sign_package
 

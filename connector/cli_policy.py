@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -17,10 +17,13 @@ from connector.cli import _fail, cli_actor, console, dataset_name_option, runtim
 from connector.policy import sandbox
 from connector.policy.bundle import BundleError, PolicyBundle, default_policies_dir
 from connector.policy.checker import has_errors
-from connector.policy.consent import ConsentImportError, list_entries, read_rows
 from connector.policy.decision import Decision
 from connector.policy.engine import PolicyEngineError
-from connector.policy.service import Activation, ApprovalError
+
+# The consent registry and the policy service hold database models (SQLAlchemy): they load with
+# the commands that use them, so that `--help` stays fast (tests/test_cli_startup.py).
+if TYPE_CHECKING:
+    from connector.policy.service import Activation
 
 policy_app = typer.Typer(
     help="The DPO's Rego policies: check, test, decide, activate, diff.", no_args_is_help=True
@@ -100,7 +103,7 @@ def policy_test(folder: BundleDir = None, as_json: JsonFlag = False) -> None:
         table = Table("module", "coverage", title="Coverage")
         for name, value in sorted(report.files.items()):
             table.add_row(name, f"{value:.1f}%")
-        console.print(table)
+        console.table(table)
         console.print(
             f"{len(report.results) - len(report.failed)}/{len(report.results)} tests passed, "
             f"coverage {report.coverage:.1f}%"
@@ -112,23 +115,109 @@ def policy_test(folder: BundleDir = None, as_json: JsonFlag = False) -> None:
 @policy_app.command("decide")
 def policy_decide(
     input_file: Annotated[
-        Path, typer.Option("--input", help="A request JSON file (access, release or api).")
+        Path,
+        typer.Option(
+            "--input",
+            help="A request JSON file (access, release or api), or an example of policies/examples/ "
+            "(decided by the policy folder with the examples' state.json; not audited).",
+        ),
     ],
     as_json: JsonFlag = False,
 ) -> None:
-    """Decide on a request with the active policy, print the decision and its reasons (audited)."""
+    """Decide on a request with the active policy, print the decision and its reasons (audited).
+
+    A request that does not fit its format is bad input (one line, exit 2), not a denial. An
+    example file ({"policy", "input", "expected"}) is a dry run: its prepared input is decided by
+    the configured or shipped policy folder with the connector state of `state.json` beside it."""
     try:
         document = json.loads(input_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise _fail(f"cannot read {input_file}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise _fail(f"{input_file} is not JSON (line {exc.lineno}: {exc.msg})") from None
+    if _is_example(document):
+        _decide_example(input_file, document, as_json)
+        return
+    _check_request_format(input_file, document)
     with runtime_for(settings()) as runtime:
         decision = runtime.policy.decide_any(document, actor=cli_actor())
     if as_json:
         _print_json(decision.to_json())
     else:
         print_decision(decision)
+    if not decision.allow:
+        raise typer.Exit(1)
+
+
+def _is_example(document: Any) -> bool:
+    return isinstance(document, dict) and "action" not in document and {"policy", "input"} <= set(document)
+
+
+def _check_request_format(input_file: Path, document: Any) -> None:
+    """Exit 2 with every problem on one line when `document` fits none of the request formats
+    (the API denies such a request with the same reasons; a person at a terminal made a mistake)."""
+    from connector.policy.requests import parse_access, parse_release
+
+    action = document.get("action") if isinstance(document, dict) else None
+    if action not in ("access", "release", "api"):
+        raise _fail(
+            f'{input_file}: "action" must be access, release or api (got {action!r:.40}); an example of '
+            'policies/examples/ has "policy" and "input" instead'
+        )
+    parsed = (
+        parse_access(document)
+        if action == "access"
+        else parse_release(document)
+        if action == "release"
+        else None
+    )
+    if isinstance(parsed, list):
+        raise _fail(f"{input_file} does not match the {action}-request format: {'; '.join(parsed)}")
+
+
+def _decide_example(input_file: Path, document: dict[str, Any], as_json: bool) -> None:
+    """An example's decision by the policy folder (sandboxed, under the evaluation deadline)."""
+    from connector.policy.decision import POLICIES, decision_from_document
+
+    policy = document["policy"]
+    if policy not in POLICIES:
+        raise _fail(f'{input_file}: "policy" must be one of {", ".join(POLICIES)} (got {policy!r:.40})')
+    state_file = input_file.parent / "state.json"
+    try:
+        state = (
+            json.loads(state_file.read_text(encoding="utf-8"))["connector"]["state"]
+            if state_file.is_file()
+            else {}
+        )
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"cannot read the examples' state {state_file}: {exc}") from None
+    bundle = _bundle(None)
+    try:
+        answers = sandbox.run(
+            "replay",
+            bundle,
+            settings().policy_eval_timeout_seconds,
+            state=state,
+            items=[[policy, document["input"]]],
+        )["answers"]
+    except PolicyEngineError as exc:
+        raise _fail(f"the example cannot be decided: {exc}", code=1) from None
+    answer = answers[0] if answers else {}
+    if "document" not in answer:
+        problem = answer.get("compile_error") or answer.get("error")
+        raise _fail(f"the example cannot be decided: {problem}", code=1)
+    decision = decision_from_document(answer["document"], f"folder {bundle.digest[:12]}")
+    stated = document.get("expected")
+    expected = stated.get("allow") if isinstance(stated, dict) else None
+    if as_json:
+        example = {"expected_allow": expected, "state": str(state_file)}
+        _print_json({**decision.to_json(), "example": example})
+    else:
+        print_decision(decision)
+        if expected is not None:
+            verdict = "as the example expects" if decision.allow is expected else "NOT as the example expects"
+            console.print(f"{verdict} ({'allow' if expected else 'deny'})", highlight=False)
+        console.print(f"dry run with the state of {state_file}; not audited", highlight=False, markup=False)
     if not decision.allow:
         raise typer.Exit(1)
 
@@ -207,7 +296,7 @@ def policy_pending(
         table.add_row(
             str(row.id), row.digest[:12], row.requested_at, row.requested_by, row.note, changes, row.status
         )
-    console.print(table)
+    console.table(table)
 
 
 @policy_app.command("approve")
@@ -217,6 +306,8 @@ def policy_approve(
     as_json: JsonFlag = False,
 ) -> None:
     """Approve another DPO's pending activation: every check runs again, then it is activated."""
+    from connector.policy.service import ApprovalError
+
     with runtime_for(settings()) as runtime:
         try:
             outcome = runtime.policy.approve(approval_id, cli_actor(), note)
@@ -233,6 +324,8 @@ def policy_reject(
     note: Annotated[str, typer.Option(help="Why rejected (audited).")] = "",
 ) -> None:
     """Reject a pending activation (its requester may withdraw it the same way)."""
+    from connector.policy.service import ApprovalError
+
     with runtime_for(settings()) as runtime:
         try:
             decided = runtime.policy.reject(approval_id, cli_actor(), note)
@@ -291,15 +384,22 @@ def policy_history(as_json: JsonFlag = False) -> None:
             row.activated_by,
             row.note,
         )
-    console.print(table)
+    console.table(table)
 
 
 @policy_app.command("rollback")
-def policy_rollback(version: Annotated[int, typer.Argument(help="The version to bring back.")]) -> None:
+def policy_rollback(
+    version: Annotated[
+        str, typer.Argument(help="The version to bring back, as `history` prints it (v2) or 2.")
+    ],
+) -> None:
     """Activate an earlier version again (re-checked and re-tested; recorded as a new version)."""
+    number = version.strip().removeprefix("v").removeprefix("V")
+    if not (number.isascii() and number.isdigit()) or int(number) < 1:
+        raise _fail(f"a version is v1, v2, ... as `connector policy history` prints it (got {version!r:.40})")
     with runtime_for(settings()) as runtime:
         try:
-            outcome = runtime.policy.rollback(version, cli_actor())
+            outcome = runtime.policy.rollback(int(number), cli_actor())
         except LookupError as exc:
             raise _fail(str(exc)) from None
     if outcome.pending is not None:
@@ -344,7 +444,7 @@ def consent_import(
     as_json: JsonFlag = False,
 ) -> None:
     """Import opt-outs, withdrawals and consents (all or nothing); every row is matched and reported."""
-    from connector.policy.consent import first_row_of
+    from connector.policy.consent import ConsentImportError, first_row_of, read_rows
     from connector.policy.optout import UnmatchedRows, import_consent
 
     with runtime_for(settings()) as runtime:
@@ -422,7 +522,7 @@ def consent_refused(
     table = Table("dataset", "pseudonym", "reason", "since", "by", title="Refused (erased) patients")
     for row in rows:
         table.add_row(row.dataset, row.pseudonym, row.reason, row.recorded_at, row.recorded_by)
-    console.print(table)
+    console.table(table)
 
 
 @consent_app.command("list")
@@ -435,6 +535,8 @@ def consent_list(
     as_json: JsonFlag = False,
 ) -> None:
     """Registry entries (pseudonyms only, never hospital identifiers)."""
+    from connector.policy.consent import list_entries
+
     with runtime_for(settings()) as runtime:
         rows = list_entries(runtime.sessions, dataset, status, limit)
     if as_json:
@@ -443,7 +545,7 @@ def consent_list(
     table = Table("dataset", "pseudonym", "status", "recorded", "by", title="Consent registry")
     for row in rows:
         table.add_row(row["dataset"], row["pseudonym"], row["status"], row["recorded_at"], row["recorded_by"])
-    console.print(table)
+    console.table(table)
 
 
 @permit_app.command("issue")
@@ -458,18 +560,47 @@ def permit_issue(
     valid_days: Annotated[int, typer.Option(help="Validity in days.")] = 30,
     condition: Annotated[list[str] | None, typer.Option(help="Condition attached (repeatable).")] = None,
 ) -> None:
-    """Print a permit signed by the development HDAB (trusted only in development mode)."""
+    """Print a permit signed by the development HDAB (trusted only in development mode).
+
+    The permit (a JWT) goes to stdout alone, so `PERMIT=$(connector permit issue ...)` keeps
+    working; its id, which `permit revoke` takes, goes to stderr."""
+    from connector.cli import errors
+    from connector.policy.permits import new_permit_id
+
     with runtime_for(settings()) as runtime:
         if runtime.permit_issuer is None:
             raise _fail(
                 "the development HDAB is off (dev_issuer_enabled = false): permits come from a real HDAB"
             )
+        permit_id = new_permit_id()
         try:
             permit = runtime.permit_issuer.issue(
-                requester, organisation, purpose, dataset, [country], valid_days, condition or []
+                requester,
+                organisation,
+                purpose,
+                dataset,
+                [country],
+                valid_days,
+                condition or [],
+                permit_id=permit_id,
             )
         except ValueError as exc:
             raise _fail(str(exc)) from None
+        # Recorded so that `permit revoke` knows the id was issued here (and the DPO sees who asked).
+        runtime.audit.record(
+            cli_actor(),
+            "permit.issue",
+            permit_id,
+            "success",
+            details={"requester": requester, "datasets": dataset, "purposes": purpose, "days": valid_days},
+        )
+    errors.print(
+        f"permit {permit_id} for {requester} ({', '.join(dataset)}; {', '.join(purpose)}), "
+        f"valid {valid_days} days, from the development HDAB:",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     print(permit)
 
 
@@ -477,14 +608,64 @@ def permit_issue(
 def permit_revoke(
     permit_id: Annotated[str, typer.Argument(help="The permit id (its `jti`).")],
     reason: Annotated[str, typer.Option(help="Why (shown in every denial).")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Revoke an id this connector has never seen (a real HDAB's permit not presented here yet).",
+        ),
+    ] = False,
 ) -> None:
-    """Revoke a data permit: every later decision that presents it is denied."""
+    """Revoke a data permit: every later decision that presents it is denied.
+
+    The id must be one this connector knows: issued by its development HDAB (`permit issue`) or
+    presented in a recorded access decision. A real HDAB's permit may be revoked before it ever
+    reaches this connector: `--force` does that, with a warning; a typo is refused without it."""
+    from rich.markup import escape
+
+    from connector.cli import errors
+    from connector.policy.permits import permit_id_problem
+
+    problem = permit_id_problem(permit_id)
+    if problem is not None:
+        raise _fail(problem)
     with runtime_for(settings()) as runtime:
+        seen = _permit_seen(runtime, permit_id)
+        if not seen and not force:
+            raise _fail(
+                f"permit {permit_id} was never issued by this connector's development HDAB nor presented "
+                "to it: check the id (`connector audit show --action 'policy.access'`), or revoke it "
+                "anyway with --force"
+            )
         try:
             runtime.policy.revoke_permit(permit_id, reason, cli_actor())
         except ValueError as exc:
             raise _fail(str(exc)) from None
-    console.print(f"permit {permit_id} revoked")
+    if not seen:
+        errors.print(
+            f"[yellow]warning:[/] permit {escape(permit_id)} was never seen by this connector; "
+            "revoked anyway (--force)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"permit {permit_id} revoked", highlight=False, markup=False)
+
+
+def _permit_seen(runtime: Any, permit_id: str) -> bool:
+    """Whether this connector issued the permit (audited `permit.issue`) or decided on a request
+    that presented it (its verified claims are in the recorded decision's input)."""
+    if any(record.object == permit_id for record in runtime.audit.iter_entries(action="permit.issue")):
+        return True
+    needle = json.dumps(permit_id)  # the canonical JSON of the details holds it as a JSON string
+    for record in runtime.audit.iter_entries(action="policy.access"):
+        if needle not in record.details:
+            continue
+        document = json.loads(record.details).get("input")
+        check = document.get("permit_check") if isinstance(document, dict) else None
+        claims = check.get("claims") if isinstance(check, dict) else None
+        if isinstance(claims, dict) and claims.get("permit_id") == permit_id:
+            return True
+    return False
 
 
 @permit_app.command("revoked")
@@ -498,4 +679,4 @@ def permit_revoked(as_json: JsonFlag = False) -> None:
     table = Table("permit", "reason", "revoked at", "by", title="Revoked permits")
     for row in rows:
         table.add_row(row["permit_id"], row["reason"], row["revoked_at"], row["revoked_by"])
-    console.print(table)
+    console.table(table)

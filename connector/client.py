@@ -111,7 +111,7 @@ class Job:
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> Job:
         """A Job from the API's JSON; fields the server adds later are ignored."""
-        values = {field.name: document.get(field.name) for field in fields(cls)}
+        values: dict[str, Any] = {field.name: document.get(field.name) for field in fields(cls)}
         missing = [name for name in ("id", "state") if not isinstance(values[name], str)]
         if missing:
             raise ConnectorError(0, "bad_response", f"the job answer lacks {', '.join(missing)}")
@@ -153,7 +153,8 @@ def _error_of(response: httpx.Response) -> ConnectorError:
             for item in body.get("fields") or []
             if isinstance(item, dict)
         ]
-    reasons = body.get("reasons") if isinstance(body.get("reasons"), list) else []
+    reasons = body.get("reasons")
+    reasons = reasons if isinstance(reasons, list) else []
     job = body.get("job") if isinstance(body.get("job"), str) else None
     return ConnectorError(
         response.status_code,

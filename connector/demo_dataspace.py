@@ -9,6 +9,7 @@ It touches only the demo folder and 127.0.0.1, like the rest of the demo.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -28,9 +29,10 @@ TEAM_CONNECTOR = "urn:connector:istituto-tumori-milano"
 RESEARCHER = ("researcher-chiara", "Istituto Tumori AI Lab", "IT")
 
 
-def _until(check: object, seconds: float = 30) -> None:
+# Callable[..., object]: callers bind values as lambda defaults, which mypy cannot infer against ().
+def _until(check: Callable[..., object], seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
-    while not check() and time.monotonic() < deadline:  # type: ignore[operator]
+    while not check() and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -51,7 +53,8 @@ def show_dataspace(
     # The data space's trust anchor lists both connectors (keys, organisation, country).
     hospital_entry = own_participant(hospital).to_dict()
     write_trust_list(team.trust_list, [hospital_entry])
-    write_trust_list(hospital.settings.trust_list_file, [team.participant_entry()])  # type: ignore[arg-type]
+    assert hospital.settings.trust_list_file is not None  # the demo configures the hospital with one
+    write_trust_list(hospital.settings.trust_list_file, [team.participant_entry()])
     console.print(
         f"trust list: {hospital.settings.connector_id} ({hospital.settings.country}) and "
         f"{TEAM_CONNECTOR} ({country}); each request carries a 60 s token signed by its connector"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import MutableSequence
-from typing import Any
+from typing import Any, cast
 
 from pydicom import config, dcmread
 from pydicom.charset import convert_encodings, default_encoding
@@ -49,6 +49,14 @@ _UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
 
 
+_Elements = dict[BaseTag, DataElement | RawDataElement]
+
+
+def _empty_raw(vr: str) -> bytes | None:
+    """`empty_value_for_VR(vr, raw=True)`, which pydicom's annotations do not narrow to raw values."""
+    return cast("bytes | None", empty_value_for_VR(vr, raw=True))
+
+
 def _state_template() -> dict[str, Any]:
     """The attributes `Dataset()` gives a new dataset; containers are copied for each item."""
     return dict(vars(Dataset()))
@@ -71,7 +79,7 @@ def peek(ds: Dataset, tag: int, default: Any = None) -> Any:
     The value is pydicom's own decoding of the element; where that would change the element
     itself (an ambiguous VR to correct, a deferred value to read) pydicom's `ds[tag]` is used.
     """
-    element = ds._dict.get(tag)  # type: ignore[call-overload]
+    element = ds._dict.get(tag)  # type: ignore[call-overload]  # pydicom types the keys BaseTag, not int
     if element is None:
         return default
     if not isinstance(element, RawDataElement):
@@ -117,10 +125,11 @@ def read_file(path: str | os.PathLike[str]) -> FileDataset:
             return dcmread(fp)
         file_meta, elements = parsed
         # What read_dataset, then read_partial, make of the elements.
-        dataset = Dataset(elements, parent_encoding=default_encoding)
+        # Dataset adopts the dict as its _dict, which later holds decoded elements too.
+        dataset = Dataset(cast(_Elements, elements), parent_encoding=default_encoding)
         encoding: str | MutableSequence[str] = default_encoding
         if _CHARSET in elements:
-            charset = convert_raw_data_element(elements[_CHARSET]).value  # type: ignore[index]
+            charset = convert_raw_data_element(elements[BaseTag(_CHARSET)]).value
             encoding = convert_encodings(charset)
         dataset.set_original_encoding(False, True, encoding)
         ds = FileDataset(fp, dataset, data[:128], file_meta, False, True)
@@ -168,7 +177,7 @@ def _meta_elements(data: bytes, position: int) -> tuple[dict[BaseTag, RawDataEle
         if length == _UNDEFINED or start + length > end:
             return None
         key = BaseTag(group << 16 | number)
-        value = data[start : start + length] if length else empty_value_for_VR(vr, raw=True)
+        value = data[start : start + length] if length else _empty_raw(vr)
         elements[key] = RawDataElement(key, vr, length, value, start, False, True)
         position = start + length
     return None  # a file that ends in its meta group: dcmread decides
@@ -177,7 +186,7 @@ def _meta_elements(data: bytes, position: int) -> tuple[dict[BaseTag, RawDataEle
 def _file_meta(elements: dict[BaseTag, RawDataElement], start: int, end: int) -> FileMetaDataset | None:
     """The file meta dataset as _read_file_meta_info builds it from `elements` (between `start` and
     `end` in the file), down to the elements it decodes on the way; None: pydicom reads it."""
-    raw = Dataset(elements, parent_encoding=default_encoding)
+    raw = Dataset(cast(_Elements, elements), parent_encoding=default_encoding)
     raw.set_original_encoding(False, True, default_encoding)
     file_meta = FileMetaDataset(raw)
     file_meta.set_original_encoding(False, True, default_encoding)
@@ -211,9 +220,11 @@ _NOT_EXPLICIT_LITTLE = (ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExp
 
 def sequence_value(ds: Dataset, tag: int) -> Sequence:
     """`ds[tag].value` for a sequence element, decoding it here when it is still raw and plain."""
-    element = ds._dict.get(tag)  # type: ignore[call-overload]
+    element = ds._dict.get(tag)  # type: ignore[call-overload]  # pydicom types the keys BaseTag, not int
     if isinstance(element, RawDataElement) and _decodable(element):
-        items = _items(element.value, element.value_tell, ds.original_character_set or ds._character_set)
+        # _decodable checked that the value is bytes.
+        data = cast(bytes, element.value)
+        items = _items(data, element.value_tell, ds.original_character_set or ds._character_set)
         if items is not None:
             sequence = Sequence(items)
             sequence.is_undefined_length = False
@@ -234,15 +245,15 @@ def sequence_value(ds: Dataset, tag: int) -> Sequence:
 def raw_items(ds: Dataset, tag: int) -> list[dict[BaseTag, RawDataElement]] | None:
     """The undecoded elements of each item of a still raw, plain sequence element, without
     building datasets (for a sequence that is only read, then removed); None if it is not one."""
-    element = ds._dict.get(tag)  # type: ignore[call-overload]
+    element = ds._dict.get(tag)  # type: ignore[call-overload]  # pydicom types the keys BaseTag, not int
     if not isinstance(element, RawDataElement) or not _decodable(element):
         return None
-    return _raw_items(element.value)
+    return _raw_items(cast(bytes, element.value))  # _decodable checked that the value is bytes
 
 
 def nested_raw_items(element: RawDataElement) -> list[dict[BaseTag, RawDataElement]] | None:
     """`raw_items` for a sequence element inside an item that `raw_items` returned."""
-    return _raw_items(element.value) if _decodable(element) else None
+    return _raw_items(cast(bytes, element.value)) if _decodable(element) else None
 
 
 def _raw_items(data: bytes) -> list[dict[BaseTag, RawDataElement]] | None:
@@ -333,7 +344,7 @@ def _elements(
             return None
         if tag == _CHARSET and not top_level:
             return None  # an item with its own character set: pydicom decodes it
-        value = data[position : position + length] if length else empty_value_for_VR(vr, raw=True)
+        value = data[position : position + length] if length else _empty_raw(vr)
         key = BaseTag(tag)
         elements[key] = RawDataElement(key, vr, length, value, position, False, True)
         position += length

@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_data_element, write_dataset, write_file_meta_info
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
@@ -37,6 +38,9 @@ _SHORT = struct.Struct("<HH2sH")
 _LONG = struct.Struct("<HH2sHI")
 _ITEM = struct.Struct("<HHI")
 _UNDEFINED = 0xFFFFFFFF
+# Keys for Dataset._dict, which pydicom types as BaseTag.
+_PIXEL_DATA_TAG = BaseTag(0x7FE00010)
+_CHARSET_TAG = BaseTag(0x00080005)
 _ITEM_TAG = (0xFFFE, 0xE000)
 _ITEM_END = _ITEM.pack(0xFFFE, 0xE00D, 0)
 _SEQUENCE_END = _ITEM.pack(0xFFFE, 0xE0DD, 0)
@@ -58,7 +62,7 @@ def encode_file(ds: Dataset) -> bytes:
         out = DicomBytesIO()
         dcmwrite(out, ds, enforce_file_format=True)
         return bytes(out.getvalue())
-    pixels = ds._dict.get(0x7FE00010)  # type: ignore[call-overload]
+    pixels = ds._dict.get(_PIXEL_DATA_TAG)
     if pixels is not None and (
         syntax.is_compressed or not isinstance(pixels, RawDataElement) or _pixel_data(pixels) is None
     ):
@@ -76,7 +80,7 @@ def writes_ascii_as_is(ds: Dataset) -> bool:
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if not syntax.is_little_endian or syntax.is_implicit_VR or syntax.is_deflated:
         return False
-    charset = ds._dict.get(0x00080005)  # type: ignore[call-overload]
+    charset = ds._dict.get(_CHARSET_TAG)
     encoding = ds[0x00080005].value if charset is not None else default_encoding
     return _ascii_as_is(tuple(_python_encodings(encoding or default_encoding)))
 
@@ -129,7 +133,7 @@ def _dataset(ds: Dataset, parent_encoding: str | list[str], chunks: Chunks, root
         chunks.append(bytes(out.getvalue()))
         return
     elements = ds._dict
-    charset = elements.get(0x00080005)  # type: ignore[call-overload]
+    charset = elements.get(_CHARSET_TAG)
     # What write_dataset passes on: the dataset's own Specific Character Set, else its parent's.
     encoding = ds[0x00080005].value if charset is not None else parent_encoding
     encodings = _python_encodings(encoding)

@@ -61,13 +61,18 @@ class Runtime:
         self.engine.dispose()
 
 
+def _jwks(item: IssuerSettings) -> RemoteJwks | StaticJwks:
+    if item.jwks_url:
+        return RemoteJwks(item.jwks_url, allow_insecure_http=item.allow_insecure_http)
+    assert item.jwks_file is not None  # IssuerSettings holds exactly one of jwks_url and jwks_file
+    return load_jwks_file(item.jwks_file)
+
+
 def _issuers(items: list[IssuerSettings]) -> list[TrustedIssuer]:
     return [
         TrustedIssuer(
             issuer=item.issuer,
-            jwks=RemoteJwks(item.jwks_url, allow_insecure_http=item.allow_insecure_http)
-            if item.jwks_url
-            else load_jwks_file(item.jwks_file),  # type: ignore[arg-type]
+            jwks=_jwks(item),
             roles_claim=item.roles_claim,
             algorithms=tuple(item.algorithms),
         )

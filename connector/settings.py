@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     policies_dir: Path | None = Field(
         default=None, description="Policy bundle activated on first start; default: the shipped policies/."
     )
+    deid_recipes_dir: Path | None = Field(
+        default=None,
+        description="Folder of the de-identification recipes (basic_profile.deid, safe_attributes.deid, "
+        "options/*.deid) that `deid` and `ingest` compile; default: the shipped deid_recipes/.",
+    )
     policy_refresh_seconds: float = Field(
         default=2.0,
         ge=0,
@@ -294,9 +299,15 @@ class Settings(BaseSettings):
         "equal the issuer the PACS writes. \"\" means \"no issuer\" (files without IssuerOfPatientID).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="auto: readable lines when stderr is a terminal, one JSON object a line otherwise "
+        "(a service under systemd or in a container); json or console to choose.",
+    )
 
-    @field_validator("data_dir", "objects_dir", "policies_dir", "trust_list_file", "audit_heads_file")
+    @field_validator(
+        "data_dir", "objects_dir", "policies_dir", "deid_recipes_dir", "trust_list_file", "audit_heads_file"
+    )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().absolute() if value is not None else None

@@ -128,7 +128,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            downstream_receive = bounded_receive
+            downstream_receive: Receive = bounded_receive
             prefixes = [prefix for prefix, _ in self.error_bodies]
             if scope.get("method") not in ("GET", "HEAD") and _is_json(
                 path, headers.get("content-type"), prefixes

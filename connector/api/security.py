@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
@@ -78,6 +78,7 @@ def requires(*roles: Role) -> Callable[..., Principal]:
             raise ForbiddenError("; ".join(decision.reasons))
         return principal
 
+    # mypy knows no attributes on functions; route_roles reads this marker back.
     dependency.allowed_roles = allowed  # type: ignore[attr-defined]
     return dependency
 
@@ -88,16 +89,16 @@ def public() -> Callable[[], None]:
     def dependency() -> None:
         return None
 
-    dependency.allowed_roles = None  # type: ignore[attr-defined]
+    dependency.allowed_roles = None  # type: ignore[attr-defined]  # a marker, as in requires()
     return dependency
 
 
-def route_roles(route: APIRoute) -> frozenset[Role] | None | bool:
+def route_roles(route: APIRoute) -> frozenset[Role] | None | Literal[False]:
     """The roles a route admits, None when public, False when it declares nothing (a bug)."""
     for dependency in route.dependant.dependencies:
         marker: Any = getattr(dependency.call, "allowed_roles", False)
         if marker is not False:
-            return marker  # type: ignore[no-any-return]
+            return marker
     return False
 
 
@@ -108,7 +109,7 @@ def access_table(routes: list[Any]) -> list[tuple[str, str, frozenset[Role] | No
         if isinstance(route, APIRoute) and route.include_in_schema:
             roles = route_roles(route)
             for method in sorted(route.methods):
-                table.append((method, route.path, None if roles is False else roles))  # type: ignore[arg-type]
+                table.append((method, route.path, None if roles is False else roles))
     return table
 
 

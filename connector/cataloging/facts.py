@@ -88,8 +88,8 @@ def _band_edges(band: str) -> tuple[int, int]:
     if band.endswith("+"):
         low = int(band[:-1])
         return low, low
-    low, high = band.split("-")
-    return int(low), int(high)
+    first, last = band.split("-")
+    return int(first), int(last)
 
 
 def banded_age_range(patients_by_band: dict[str, int], k: int) -> AgeRange:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 
 from catalog.model import CatalogInfo
 from catalog.render import Format, PageInfo, RenderedRecord, render_catalog_page
@@ -46,14 +47,14 @@ class SearchFilters:
         return items
 
 
-def _filtered(query: Select, filters: SearchFilters) -> Select:  # type: ignore[type-arg]
+def _filtered(query: Select[Any], filters: SearchFilters) -> Select[Any]:
     statuses = PUBLIC_STATUSES if filters.include_withdrawn and filters.is_empty() else ("published",)
     query = query.where(CatalogEntry.status.in_(statuses))
     for name in FACETS:
         values = getattr(filters, name)
         if not values:
             continue
-        match = CatalogFacet.value.in_(values)
+        match: ColumnElement[bool] = CatalogFacet.value.in_(values)
         if name == "disease":
             match = or_(match, *(CatalogFacet.value.like(f"{value}.%") for value in values))
         query = query.where(

@@ -200,7 +200,7 @@ def set_description(runtime: Runtime, dataset: str, fields: StewardFields, actor
         view, _ = refresh(runtime, dataset, actor)
         return replace(view, warnings=warnings)
     with runtime.sessions() as session:
-        return _entry_view(session.get(CatalogEntry, dataset), warnings)  # type: ignore[arg-type]
+        return _entry_view(session.get_one(CatalogEntry, dataset), warnings)
 
 
 def steward_fields_of(runtime: Runtime, dataset: str) -> StewardFields:
@@ -233,7 +233,7 @@ def _commit(
     changed = new_digest != digest or status != previous_status
     if not changed:
         with runtime.sessions() as session:
-            return _entry_view(session.get(CatalogEntry, dataset), warnings), False  # type: ignore[arg-type]
+            return _entry_view(session.get_one(CatalogEntry, dataset), warnings), False
     version += 1
     issued_at = _parse_time(issued) if issued else now
     description = replace(
@@ -378,7 +378,7 @@ def refresh(runtime: Runtime, dataset: str, actor: str) -> tuple[EntryView, tupl
         status = entry.status
     if status == "draft":
         with runtime.sessions() as session:
-            return _entry_view(session.get(CatalogEntry, dataset)), ()  # type: ignore[arg-type]
+            return _entry_view(session.get_one(CatalogEntry, dataset)), ()
     view, changed = _commit(runtime, dataset, status, actor, require_valid=False)
     if not changed:
         return view, ()

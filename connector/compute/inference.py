@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -121,7 +121,7 @@ def _prefetched(items: Iterable[StudyInput], depth: int = 4) -> Iterator[StudyIn
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]
+            yield cast(StudyInput, item)  # neither the sentinel nor an exception: an item
     finally:
         stop.set()
         while worker.is_alive():  # unblock a producer waiting on a full buffer
@@ -187,7 +187,7 @@ def run_model(
     pending: list[StudyInput] = []
     # A sandboxed model takes the next batches while we read the last ones' outputs: with its
     # `window` of batches in flight, the model process never waits for this one between batches.
-    pipelined = isinstance(predict, PipelinedPredictor)
+    pipelined = predict if isinstance(predict, PipelinedPredictor) else None
     in_flight: deque[list[StudyInput]] = deque()
 
     def take(items: list[StudyInput], result: torch.Tensor) -> None:
@@ -205,12 +205,13 @@ def run_model(
             return
         if should_stop and should_stop():
             raise InterruptedError("the job was cancelled")
-        stacked = torch.from_numpy(np.stack([item.tensor.numpy() for item in pending]))  # type: ignore[union-attr]
-        if pipelined:
-            predict.submit(stacked)  # type: ignore[attr-defined]
+        # Only studies with a tensor are pending: the loop below skips the others.
+        stacked = torch.from_numpy(np.stack([cast(torch.Tensor, item.tensor).numpy() for item in pending]))
+        if pipelined is not None:
+            pipelined.submit(stacked)
             in_flight.append(list(pending))
-            while len(in_flight) > predict.window:  # type: ignore[attr-defined]
-                take(in_flight.popleft(), predict.collect())  # type: ignore[attr-defined]
+            while len(in_flight) > pipelined.window:
+                take(in_flight.popleft(), pipelined.collect())
         else:
             take(list(pending), predict(stacked))
         pending.clear()
@@ -227,5 +228,6 @@ def run_model(
             flush()
     flush()
     while in_flight:
-        take(in_flight.popleft(), predict.collect())  # type: ignore[attr-defined]
+        assert pipelined is not None  # only a pipelined predictor has batches in flight
+        take(in_flight.popleft(), pipelined.collect())
     return outputs, RunStats(len(outputs), skipped, batches, predict.device)

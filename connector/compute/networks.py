@@ -156,7 +156,7 @@ def accepted_parameters(network_class: type[nn.Module]) -> dict[str, inspect.Par
     for klass in network_class.__mro__:
         if klass in (nn.Module, object) or "__init__" not in vars(klass):
             continue
-        signature = inspect.signature(klass.__init__)
+        signature = inspect.signature(vars(klass)["__init__"])  # the function klass.__init__ gives
         forwards_kwargs = False
         for name, parameter in list(signature.parameters.items())[1:]:  # skip self
             if parameter.kind is inspect.Parameter.VAR_KEYWORD:

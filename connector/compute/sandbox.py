@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import math
 import os
@@ -41,7 +42,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, BinaryIO, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 import torch
 
@@ -124,7 +125,7 @@ class _TimedReader:
     Buffered: one select and one read usually bring a whole answer (its length and header), where
     reading each part on its own would cost a system call pair apiece."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         self._fd = stream.fileno()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._fd, selectors.EVENT_READ)
@@ -310,7 +311,7 @@ class SandboxedModel:
         """Read the model process's stderr to its end: whatever the model prints is counted and
         hashed for the operator's log, never kept as text (it could carry what the model saw)."""
         assert self._process is not None and self._process.stderr is not None
-        stream = self._process.stderr
+        stream = cast("io.BufferedReader", self._process.stderr)  # Popen's default buffering
         while chunk := stream.read1(1 << 16):
             self._stderr_bytes += len(chunk)
             self._stderr_hash.update(chunk)
@@ -346,7 +347,7 @@ class SandboxedModel:
         assert self._reader is not None
         self._reader.deadline = _Deadline(max(0.0, seconds))
         try:
-            message = read_message(self._reader)  # type: ignore[arg-type]
+            message = read_message(self._reader)
         except TimeoutError:
             raise self._failure(
                 "timeout", f"the model process took longer than {seconds:.0f} s {doing}"
@@ -508,7 +509,7 @@ class SandboxedModel:
                 offset = slot * (self._input_room + self._output_room) + self._input_room
                 output = self._region.take(offset, shape)
             else:
-                output = read_tensor(self._reader, header, min(self.limits.max_output_bytes, wanted))  # type: ignore[arg-type]
+                output = read_tensor(self._reader, header, min(self.limits.max_output_bytes, wanted))
                 # Room for such outputs at the next layout, so they need not come over the pipe again.
                 self._output_wanted = max(self._output_wanted, page_round(output.numel() * 4))
         except TimeoutError:

@@ -53,9 +53,10 @@ def cut_network() -> str:
     except (OSError, AttributeError):
         pass
     # Always, also inside a namespace: Python code in the process cannot open a socket.
+    # typeshed types socket.socket as a class, not a name that may be rebound to a function.
     socket.socket = _no_network  # type: ignore[assignment,misc]
-    socket.create_connection = _no_network  # type: ignore[assignment]
-    socket.getaddrinfo = _no_network  # type: ignore[assignment]
+    socket.create_connection = _no_network
+    socket.getaddrinfo = _no_network
     return isolation
 
 

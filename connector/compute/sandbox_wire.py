@@ -21,7 +21,7 @@ import json
 import mmap
 import os
 import struct
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -54,11 +54,25 @@ EXCEPTION_NAMES = frozenset(
 )  # fmt: skip
 
 
+class Reader(Protocol):
+    """What a frame is read from: a pipe's file object, or the worker's deadline-bound reader."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+class Writer(Protocol):
+    """What a frame is written to: a pipe's file object."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class WireError(Exception):
     """The other side sent something that is not a frame of the protocol, or went away."""
 
 
-def write_frame(stream: BinaryIO, payload: bytes) -> None:
+def write_frame(stream: Writer, payload: bytes) -> None:
     if len(payload) >= 1 << 32:
         raise WireError("a frame of 4 GiB or more cannot be sent")
     stream.write(_LENGTH.pack(len(payload)))
@@ -66,7 +80,7 @@ def write_frame(stream: BinaryIO, payload: bytes) -> None:
     stream.flush()
 
 
-def read_frame(stream: BinaryIO, max_bytes: int) -> bytes:
+def read_frame(stream: Reader, max_bytes: int) -> bytes:
     head = stream.read(_LENGTH.size)
     if len(head) != _LENGTH.size:
         raise WireError("the other side closed the connection")
@@ -79,7 +93,7 @@ def read_frame(stream: BinaryIO, max_bytes: int) -> bytes:
     return payload
 
 
-def write_message(stream: BinaryIO, message: dict[str, Any], flush: bool = True) -> None:
+def write_message(stream: Writer, message: dict[str, Any], flush: bool = True) -> None:
     # Length and payload in one buffer and one flush: one write call for the whole frame, so the
     # reader wakes once per message, not once per part (flush=False: the caller flushes several).
     payload = json.dumps(message, allow_nan=False).encode()
@@ -88,7 +102,7 @@ def write_message(stream: BinaryIO, message: dict[str, Any], flush: bool = True)
         stream.flush()
 
 
-def read_message(stream: BinaryIO) -> dict[str, Any]:
+def read_message(stream: Reader) -> dict[str, Any]:
     try:
         message = json.loads(read_frame(stream, MAX_CONTROL_BYTES))
     except ValueError as exc:
@@ -114,13 +128,13 @@ def tensor_bytes(header: dict[str, Any], max_bytes: int) -> tuple[list[int], int
     return shape, expected
 
 
-def write_tensor(stream: BinaryIO, tensor: torch.Tensor, **fields: Any) -> None:
+def write_tensor(stream: Writer, tensor: torch.Tensor, **fields: Any) -> None:
     array = as_float32(tensor)
     write_message(stream, {"kind": "tensor", "shape": list(array.shape), **fields})
     write_frame(stream, array.astype("<f4", copy=False).tobytes())
 
 
-def read_tensor(stream: BinaryIO, header: dict[str, Any], max_bytes: int = MAX_TENSOR_BYTES) -> torch.Tensor:
+def read_tensor(stream: Reader, header: dict[str, Any], max_bytes: int = MAX_TENSOR_BYTES) -> torch.Tensor:
     shape, expected = tensor_bytes(header, max_bytes)
     payload = read_frame(stream, expected)
     if len(payload) != expected:

@@ -169,7 +169,8 @@ def _nodes(block: torch.Block) -> Iterator[torch.Node]:
 def _module_callee(node: torch.Node, known: set[tuple[str, str]]) -> tuple[str, str] | None:
     """The module method a `prim::CallMethod` node calls directly, when it is one of `known`."""
     receiver = node.inputsAt(0).type()
-    if not isinstance(receiver, torch.ClassType) or receiver.is_interface_type():
+    # torch's stubs for ClassType lack is_interface_type, which the C++ binding has.
+    if not isinstance(receiver, torch.ClassType) or receiver.is_interface_type():  # type: ignore[attr-defined]
         return None
     callee = (receiver.qualified_name(), node.s("name"))
     return callee if callee in known else None

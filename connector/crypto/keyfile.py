@@ -37,11 +37,11 @@ def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:
         write_private_file(path, pem)
         return key
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(
             f"key file {path} is corrupt or not a PEM private key; restore it from backup"
         ) from exc
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise KeyFileError(f"key file {path} does not hold an Ed25519 key")
-    return key
+    return loaded

@@ -78,7 +78,7 @@ def public_jwk(key: X25519PublicKey) -> dict[str, str]:
     return {"kty": "OKP", "crv": "X25519", "x": _b64e(public_bytes(key))}
 
 
-def public_key_from_jwk(jwk: Mapping[str, object]) -> X25519PublicKey:
+def public_key_from_jwk(jwk: object) -> X25519PublicKey:
     """The X25519 public key of a JWK; ValueError saying what is wrong with anything else."""
     if not isinstance(jwk, Mapping):
         raise ValueError("an X25519 public key must be a JWK object")

@@ -130,7 +130,7 @@ def ingest(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> IngestSummary:
-    plan = compile_recipes(options)
+    plan = compile_recipes(options, recipes_dir=runtime.settings.deid_recipes_dir)
     ensure_dataset(runtime, dataset, plan.options)
     settings = runtime.settings
     staging_root = settings.data_dir / "staging"
@@ -347,9 +347,10 @@ class _IndexingSink:
         if self._storing is None or self._storing_slots is None:  # first use in this process
             self._storing = ThreadPoolExecutor(_STORING_THREADS, thread_name_prefix="ingest-store")
             self._storing_slots = threading.BoundedSemaphore(_STORING_AHEAD)
-        self._storing_slots.acquire()
+        slots = self._storing_slots
+        slots.acquire()
         future = self._storing.submit(self.objects.stage, object_key, ciphertext)
-        future.add_done_callback(lambda _: self._storing_slots.release())  # type: ignore[union-attr]
+        future.add_done_callback(lambda _: slots.release())
         return future
 
     # -- in the parent ----------------------------------------------------------------------------
@@ -369,7 +370,8 @@ class _IndexingSink:
             return
         row = receipt.row
         self._pending.append(row)
-        self._staged.append(receipt.staged)  # type: ignore[arg-type]
+        assert receipt.staged is not None  # a stored row's object was staged (_Receipt._settle)
+        self._staged.append(receipt.staged)
         self._pseudonyms.setdefault(row["study_uid"], outcome.pseudonym or "")
         self._modalities.setdefault(row["study_uid"], set()).add(row["modality"])
         self.stored += 1

@@ -307,13 +307,15 @@ def parse_manifest(manifest: object) -> CopyManifest:
         raise ManifestError(f"manifest version {_short(version)} is not {MANIFEST_VERSION}")
     dataset = manifest.get("dataset")
     try:
-        validate_dataset_name(dataset)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        if not isinstance(dataset, str):
+            raise ValueError("not a string")
+        validate_dataset_name(dataset)
+    except ValueError:
         raise ManifestError(f"manifest dataset {_short(dataset)} is not a valid dataset name") from None
     transfer = _check_transfer(manifest.get("transfer"), ManifestError)
     recipient = manifest.get("recipient")
     try:
-        public_key_from_jwk(recipient)  # type: ignore[arg-type]
+        public_key_from_jwk(recipient)
     except ValueError as exc:
         raise ManifestError(f"manifest recipient: {exc}") from None
     assert isinstance(recipient, Mapping)
@@ -345,7 +347,7 @@ def parse_manifest(manifest: object) -> CopyManifest:
     if unused:
         raise ManifestError(f"manifest has a key for study {_short(unused[0])}, which has no object")
     return CopyManifest(
-        dataset=dataset,  # type: ignore[arg-type]
+        dataset=dataset,
         transfer=transfer,
         recipient={str(name): str(value) for name, value in recipient.items()},
         objects=tuple(parsed),

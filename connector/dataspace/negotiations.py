@@ -261,8 +261,10 @@ def receive_request(
 ) -> tuple[NegotiationView, FollowUp]:
     """A contract request (initial or counter); the stored process and the decision to run next."""
     claims = peer.claims
-    actor = claims.get("actor") if isinstance(claims.get("actor"), str) else ""
-    permit = claims.get("permit") if isinstance(claims.get("permit"), str) else ""
+    actor = claims.get("actor")
+    actor = actor if isinstance(actor, str) else ""
+    permit = claims.get("permit")
+    permit = permit if isinstance(permit, str) else ""
     offer_json = json.dumps(msg.offer.model_dump(by_alias=True, exclude_none=True))
     if msg.callbackAddress is not None:
         check_callback(peer.participant, msg.callbackAddress, msg.providerPid, msg.consumerPid)

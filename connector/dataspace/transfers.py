@@ -43,6 +43,13 @@ from connector.dataspace.trust import callback_problem
 from connector.runtime import Runtime
 
 log = logging.getLogger("connector.dataspace")
+# The messages a transfer process receives after its request, one per step (see receive).
+StepMessage = (
+    m.TransferStartMessage
+    | m.TransferCompletionMessage
+    | m.TransferSuspensionMessage
+    | m.TransferTerminationMessage
+)
 _NEVER = 1e18  # a deadline no clock reaches (kept finite: every database stores it)
 
 
@@ -328,12 +335,12 @@ def copy_of(runtime: Runtime, access: access_tokens.AgreementAccess, recipient_i
 
 
 def receive(
-    runtime: Runtime, peer: PeerIdentity, pid: str, message: m.BaseModel
+    runtime: Runtime, peer: PeerIdentity, pid: str, message: StepMessage
 ) -> tuple[TransferView, FollowUp | None]:
     """A start, completion, suspension or termination message for transfer `pid` (ours)."""
     row = get_transfer(runtime, pid, peer.participant.id)
     sender: Role = "consumer" if row.role == "provider" else "provider"
-    kind = message.type  # type: ignore[attr-defined]
+    kind = message.type
     changes: dict[str, Any] = {}
     reasons = [str(r)[:500] for r in getattr(message, "reason", [])][:10]
     if reasons:

@@ -66,6 +66,11 @@ class RunSummary:
     written: int
     quarantined: int
     skipped: int
+    # For the terminal of whoever ran the batch, never for the report (a path may name a patient):
+    # each skipped input's path relative to the input folder with its reason code, and the folder
+    # the quarantined originals were copied into (None when nothing was quarantined).
+    skipped_paths: list[tuple[str, str]] = field(default_factory=list)
+    quarantine_folder: Path | None = None
 
     @property
     def reasons(self) -> Counter[str]:
@@ -209,7 +214,7 @@ def _process(path: Path) -> Outcome:
 def input_files(in_dir: Path, exclude: tuple[Path, ...]) -> list[Path]:
     """Every regular file under `in_dir`, recursively, in a stable order, outside `exclude`."""
     excluded = tuple(path.resolve() for path in exclude)
-    found = []
+    found: list[Path] = []
     for root, dirs, files in os.walk(in_dir):
         root_path = Path(root).resolve()
         dirs[:] = sorted(d for d in dirs if (root_path / d).resolve() not in excluded)
@@ -276,7 +281,18 @@ def run_batch(
     report_path = out_dir / REPORT_NAME
     write_atomically(report_path, json.dumps(report, indent=2, ensure_ascii=False).encode())
     counts = Counter(outcome.status for outcome in outcomes)
-    return RunSummary(report, report_path, counts["written"], counts["quarantined"], counts["skipped"])
+    skipped_paths = [
+        (str(o.source.relative_to(in_dir)), o.code or "") for o in outcomes if o.status == "skipped"
+    ]
+    return RunSummary(
+        report,
+        report_path,
+        counts["written"],
+        counts["quarantined"],
+        counts["skipped"],
+        skipped_paths,
+        quarantine_dir / run_id if counts["quarantined"] else None,
+    )
 
 
 def _outcomes(

@@ -10,6 +10,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -150,7 +151,7 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
     return (count * bits + 7) // 8
 
 
-def _required(ds: Dataset, tag: int) -> object:
+def _required(ds: Dataset, tag: int) -> Any:
     """The value of an element that must be there (AttributeError, as `ds.Keyword`, when absent)."""
     if tag not in ds._dict:
         raise AttributeError(f"no element {tag:08X}")

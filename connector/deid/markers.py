@@ -35,7 +35,7 @@ def add_markers(ds: Dataset, plan: Plan) -> None:
 def _decoded(tag: int, vr: str, value: object) -> DataElement:
     # Plain ASCII text and a sequence, already in pydicom's decoded form: nothing for pydicom to
     # convert or validate again for every instance.
-    converted = MultiValue(str, value) if isinstance(value, list) else value  # type: ignore[arg-type]
+    converted = MultiValue(str, value) if isinstance(value, list) else value
     return DataElement(tag, vr, converted, already_converted=True)
 
 

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -27,6 +27,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from connector.deid.keys import DatasetKeys
 from connector.deid.options import SAFE_ATTRIBUTES
@@ -192,12 +193,12 @@ def _keyword(tag: int) -> str:
     return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _raw_bytes(ds: Dataset, tag: int, item: object = None) -> bytes | None:
+def _raw_bytes(ds: Dataset, tag: int, item: DataElement | RawDataElement | None = None) -> bytes | None:
     """The element's value as stored (raw bytes), or re-encoded when already converted."""
     item = item if item is not None else ds.get_item(tag)
     if isinstance(item, RawDataElement):
         return item.value if isinstance(item.value, bytes) else None
-    value = item.value  # type: ignore[attr-defined]
+    value = item.value
     if isinstance(value, bytes):
         return value
     if value is None or isinstance(value, Sequence):
@@ -356,7 +357,7 @@ def _shifted(raw: bytes | None, vr: str, work: InstanceWork) -> object | None:
     shifted = [_shift_date_cached(value, vr, work.date_offset) if value else "" for value in values]
     if any(value is None for value in shifted):
         return _DUMMIES[vr]
-    return _one_or_many(shifted)  # type: ignore[arg-type]
+    return _one_or_many(cast(list[str], shifted))  # no None: that returned the dummy above
 
 
 def shift_date_text(value: str, vr: str, days: int) -> str | None:
@@ -397,7 +398,7 @@ def _cap_age(value: str) -> str:
 _PRIVATE_REMOVED = ("private", Op.REMOVE.value)
 
 
-def _apply_private(ds: Dataset, work: InstanceWork, private: list[int]) -> None:
+def _apply_private(ds: Dataset, work: InstanceWork, private: list[BaseTag]) -> None:
     """Remove every private element but those on the safe list (and their creators)."""
     safe_private = work.plan.safe_private
     creators = {}
@@ -504,7 +505,7 @@ def apply_plan(ds: Dataset, work: InstanceWork) -> None:
                 _replace(ds, tag, vr, item, shifted)
 
 
-def _replace(ds: Dataset, tag: int, vr: str, source: object, value: object) -> None:
+def _replace(ds: Dataset, tag: BaseTag, vr: str, source: object, value: object) -> None:
     """Put `value` in place of the element, as raw bytes when it is plain ASCII text.
 
     Every replacement the plan makes (dummies, UIDs, pseudonyms, shifted dates) is ASCII: written
@@ -574,7 +575,7 @@ def _clean_scalar(ds: Dataset, tag: int, vr: str, work: InstanceWork, raw: bytes
 def _set_text(ds: Dataset, tag: int, vr: str, value: str) -> None:
     """`ds[tag].value = value` for an AS, CS or other ISO 8859 text value, kept undecoded where the
     element is: the raw bytes are the ones the decoded element would be written with."""
-    element = ds._dict.get(tag)  # type: ignore[call-overload]
+    element = ds._dict.get(tag)  # type: ignore[call-overload]  # pydicom types the keys BaseTag, not int
     if (
         isinstance(element, RawDataElement)
         and vr == element.VR
@@ -672,7 +673,7 @@ def clean_deferred(work: InstanceWork) -> None:
     words = identifying_words(work)
     encodings: dict[int, tuple[str, ...]] = {}  # by dataset: most elements to clean share one
     for ds, tag in work.to_clean:
-        element = ds._dict.get(tag)  # type: ignore[call-overload]
+        element = ds._dict.get(tag)  # type: ignore[call-overload]  # pydicom types the keys BaseTag, not int
         if isinstance(element, RawDataElement):
             charset = encodings.get(id(ds))
             if charset is None:

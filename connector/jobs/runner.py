@@ -43,6 +43,7 @@ from connector.compute.cohort_data import (
 from connector.compute.inference import ModelOutputError, run_model
 from connector.compute.package import PackageError, package_digest, read_package
 from connector.compute.sandbox import SandboxedModel, SandboxError, SandboxLimits
+from connector.db.engine import rows_matched
 from connector.jobs.failures import error_reference, model_failure, sandbox_failure
 from connector.jobs.models import Job, ReleaseBudget
 from connector.jobs.results import DEFAULT_DECIMALS, build_result, sign_result
@@ -97,7 +98,7 @@ def claim_next(runtime: Runtime, worker: str) -> str | None:
         )
     for job_id in candidates:
         with runtime.sessions() as session, session.begin():
-            claimed = session.execute(
+            claimed = rows_matched(session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == "queued")
                 .values(
@@ -106,7 +107,7 @@ def claim_next(runtime: Runtime, worker: str) -> str | None:
                     started_at=utc_now_text(),
                     lease_until=time.time() + LEASE_SECONDS,
                 )
-            ).rowcount
+            ))
         if claimed == 1:
             return job_id
     return None
@@ -115,7 +116,7 @@ def claim_next(runtime: Runtime, worker: str) -> str | None:
 def fail_abandoned(runtime: Runtime) -> int:
     """Jobs whose worker stopped renewing its lease (it died): failed, never re-run half-done."""
     with runtime.sessions() as session, session.begin():
-        return session.execute(
+        return rows_matched(session.execute(
             update(Job)
             .where(Job.state == "running", Job.lease_until < time.time())
             .values(
@@ -124,7 +125,7 @@ def fail_abandoned(runtime: Runtime) -> int:
                 reasons=json.dumps(["the worker running this job stopped; nothing was released"]),
                 finished_at=utc_now_text(),
             )
-        ).rowcount
+        ))
 
 
 def _update(runtime: Runtime, job_id: str, **values: Any) -> None:
@@ -151,7 +152,7 @@ def finish_job(
     with runtime.sessions() as session, session.begin():
         if charge is not None:
             _charge_budget(session, *charge)
-        ended = session.execute(
+        ended = rows_matched(session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state == "running")
             .values(
@@ -161,7 +162,7 @@ def finish_job(
                 finished_at=utc_now_text(),
                 result=result,
             )
-        ).rowcount
+        ))
         job = session.get(Job, job_id)
         if ended != 1 and charge is not None:
             session.rollback()  # the job ended elsewhere: released nothing, so charges nothing
@@ -380,7 +381,7 @@ def _run(runtime: Runtime, job: Job, limits: SandboxLimits, notes: _RunNotes) ->
                 query = select(Job.cancel_requested).where(Job.id == job.id)
                 checked["cancel"] = bool(session.execute(query).scalar_one())
             checked["at"] = time.monotonic()
-        return checked["cancel"]
+        return bool(checked["cancel"])
 
     sandbox = SandboxedModel(package_bytes, limits)
     try:

@@ -77,9 +77,9 @@ def _lint(bundle: PolicyBundle) -> list[Finding]:
                 )
         match = _DEFAULT_ALLOW.search(source)
         if match and not is_test:
-            line = source[: match.start()].count("\n") + 1
+            at = source[: match.start()].count("\n") + 1
             findings.append(
-                Finding("error", name, line, "`default allow := true` fails open; default to false")
+                Finding("error", name, at, "`default allow := true` fails open; default to false")
             )
         package = _PACKAGE.search(source)
         if package and not is_test and package.group(1) not in tested:

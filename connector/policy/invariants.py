@@ -202,7 +202,9 @@ def _release(dataset: str, size: int, min_cell: int | None, **result: Any) -> di
     }
 
 
-def _with(document: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+# Callable[..., None]: the callers bind loop values as lambda defaults, which mypy cannot infer
+# against a one-argument signature.
+def _with(document: dict[str, Any], change: Callable[..., None]) -> dict[str, Any]:
     changed = copy.deepcopy(document)
     change(changed)
     return changed

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from connector.audit.log import AuditLog, utc_now_text
 from connector.audit.models import AuditEntry
 from connector.datasets.models import DatasetRecord
-from connector.db.engine import transaction
+from connector.db.engine import rows_matched, transaction
 from connector.policy import sandbox, versions
 from connector.policy.bundle import BundleError, PolicyBundle
 from connector.policy.checker import Finding, has_errors
@@ -258,7 +258,9 @@ class PolicyService:
     def state(self) -> dict[str, Any]:
         """`data.connector.state`: the datasets held here and the revoked permits."""
         with self._sessions() as session:
-            datasets = {name: {} for name in session.execute(select(DatasetRecord.name)).scalars()}
+            datasets: dict[str, dict[str, Any]] = {
+                name: {} for name in session.execute(select(DatasetRecord.name)).scalars()
+            }
             revoked = {
                 row.permit_id: {"reason": row.reason, "revoked_at": row.revoked_at}
                 for row in session.execute(select(RevokedPermit)).scalars()
@@ -650,11 +652,11 @@ class PolicyService:
         """Move a pending activation to `status`; ApprovalError when it is no longer pending."""
         with transaction(self._sessions) as session:
             # Conditional on still being pending, so two DPOs (or processes) cannot both decide it.
-            claimed = session.execute(
+            claimed = rows_matched(session.execute(
                 update(PolicyApproval)
                 .where(PolicyApproval.id == approval_id, PolicyApproval.status == "pending")
                 .values(status=status, decided_at=utc_now_text(), decided_by=actor[:200], decision_note=note)
-            ).rowcount
+            ))
             row = session.get(PolicyApproval, approval_id)
             if row is None:
                 raise LookupError(f"there is no pending activation #{approval_id}")
@@ -752,7 +754,8 @@ class PolicyService:
                     .limit(limit)
                 ).scalars()
             )
-        items, recorded = [], []
+        items: list[list[Any]] = []  # [policy name, recorded input]: JSON for the sandbox
+        recorded = []
         for row in reversed(rows):
             details = json.loads(row.details)
             recorded_input = details.get("input")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from connector.policy.bundle import PolicyBundle
 from connector.policy.engine import EmbeddedOpaBackend, PolicyEngineError
@@ -73,7 +74,7 @@ def discover(bundle: PolicyBundle) -> list[tuple[str, str, str]]:
     return found
 
 
-def _lines(ranges: list[dict[str, dict[str, int]]]) -> set[int]:
+def _lines(ranges: list[dict[str, dict[str, int]]] | None) -> set[int]:
     lines: set[int] = set()
     for item in ranges or []:
         lines.update(range(item["start"]["row"], item["end"]["row"] + 1))
@@ -82,7 +83,7 @@ def _lines(ranges: list[dict[str, dict[str, int]]]) -> set[int]:
 
 def _outcomes(
     backend: EmbeddedOpaBackend, tests: list[tuple[str, str, str]]
-) -> tuple[list[tuple[bool, str]], dict[str, object] | None]:
+) -> tuple[list[tuple[bool, str]], dict[str, Any] | None]:
     """(passed, detail) per test, and the coverage of the whole run.
 
     All tests run in one query: the engine prepares each distinct query afresh, which costs far
@@ -130,7 +131,7 @@ def run_tests(bundle: PolicyBundle) -> RegoTestReport:
     total_covered = total_missed = 0
     coverage_files = (report or {}).get("files") or {}
     for name in policy_files:
-        entry = coverage_files.get(name) or {}  # type: ignore[union-attr]
+        entry = coverage_files.get(name) or {}
         covered = _lines(entry.get("covered"))
         missed = _lines(entry.get("not_covered")) - covered
         total_covered += len(covered)

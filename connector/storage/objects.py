@@ -82,7 +82,7 @@ def _load_syncfs() -> Callable[[int], int] | None:
         return None
     function.argtypes = [ctypes.c_int]
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 # An fsync on a journaling filesystem forces a journal commit and a disk cache flush: per object,
@@ -193,7 +193,7 @@ class LocalObjectStore:
             for folder in by_device.values():
                 descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    if _SYNCFS(descriptor) != 0:  # type: ignore[misc]
+                    if _SYNCFS(descriptor) != 0:
                         error = ctypes.get_errno()
                         raise OSError(error, os.strerror(error))
                 finally:

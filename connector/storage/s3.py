@@ -522,7 +522,7 @@ class S3ObjectStore:
         self.ensure_bucket()
 
         def open_at(offset: int, etag: str | None) -> urllib3.BaseHTTPResponse:
-            headers = {"If-Match": etag} if etag else None
+            headers: dict[str, str | list[str] | tuple[str]] | None = {"If-Match": etag} if etag else None
             try:
                 return self._client.get_object(self.bucket, name, offset=offset, request_headers=headers)
             except S3Error as exc:

@@ -125,11 +125,11 @@ def study_dataset(study: StudyInfo, rec: Recorder) -> Dataset:
     )
     rec.set(ds, "StudyID", study.study_id, "id")
     rec.set(ds, "AccessionNumber", study.accession, "id")
-    issuer = Dataset()
+    accession_issuer = Dataset()
     rec.at("IssuerOfAccessionNumberSequence[0]").set(
-        issuer, "LocalNamespaceEntityID", site.institution, "institution"
+        accession_issuer, "LocalNamespaceEntityID", site.institution, "institution"
     )
-    ds.IssuerOfAccessionNumberSequence = Sequence([issuer])
+    ds.IssuerOfAccessionNumberSequence = Sequence([accession_issuer])
     rec.set(ds, "StudyDescription", study.description, "text")
     rec.set(ds, "PhysiciansOfRecord", site.referring.pn, "name")
     rec.set(ds, "NameOfPhysiciansReadingStudy", site.reading.pn, "name")

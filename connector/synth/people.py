@@ -41,7 +41,7 @@ def _faker(locale: str) -> Faker:
         # picks) changes with each process's string hash seed; sort it to keep output reproducible.
         cities = getattr(provider, "cities", None)
         if isinstance(cities, list):
-            provider.cities = sorted(cities)  # type: ignore[attr-defined]
+            provider.cities = sorted(cities)
     return fake
 
 

@@ -111,7 +111,8 @@ def burn_text(
     boxes: list[tuple[str, tuple[int, int, int, int]]] = []
     y = top
     for line in lines:
-        box = draw.textbbox((left, y), line, font=font)
+        # Pillow annotates the box as floats; a drawn text's pixel edges are whole numbers.
+        box = tuple(int(edge) for edge in draw.textbbox((left, y), line, font=font))
         draw.text((left, y), line, fill=value, font=font)
         clipped = (max(box[0], 0), max(box[1], 0), min(box[2], pixels.shape[1]), min(box[3], pixels.shape[0]))
         boxes.append((line, clipped))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from io import BytesIO
 from pathlib import Path
+from typing import cast
 
 from pydicom import dcmwrite
 from pydicom.dataelem import DataElement
@@ -76,13 +77,13 @@ class SeriesEncoder:
             # Group lengths are retired outside the meta group (PS3.5 7.2); dcmwrite skips them too.
             if tag.element == 0 and tag.group > 6:
                 continue
-            element = own[tag]
+            element = cast(DataElement, own[tag])  # built here, never read from a file: never raw
             if self._base.get(tag) is element:
                 data = self._cache.get(tag)
                 if data is None:
-                    data = self._cache[tag] = self._element(element)  # type: ignore[arg-type]
+                    data = self._cache[tag] = self._element(element)
             else:
-                data = self._element(element)  # type: ignore[arg-type]
+                data = self._element(element)
             parts.append(data)
         return b"".join(parts)
 

@@ -28,14 +28,15 @@ from connector.identity.roles import Role
 router = APIRouter(tags=["catalog"])
 Steward = Annotated[Principal, Depends(requires(Role.STEWARD))]
 DatasetName = Annotated[str, Path(pattern=DATASET_NAME_PATTERN, description="The dataset's name.")]
-FORMATS: tuple[str, ...] = ("jsonld", "turtle", "rdfxml")
+FORMATS: tuple[Format, ...] = ("jsonld", "turtle", "rdfxml")
 
 
 def _format(request: Request, format: str | None) -> Format:
     if format is not None:
-        if format not in FORMATS:
-            raise ApiError(400, "unknown_format", f"format must be one of {', '.join(FORMATS)}")
-        return format  # type: ignore[return-value]
+        for known in FORMATS:
+            if format == known:
+                return known
+        raise ApiError(400, "unknown_format", f"format must be one of {', '.join(FORMATS)}")
     chosen = negotiate(request.headers.get("accept"))
     if chosen is None:
         raise ApiError(

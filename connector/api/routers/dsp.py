@@ -265,7 +265,7 @@ async def transfer_request(request: Request, background: BackgroundTasks) -> Res
     return await _handle(request, background, "transfer", handler)
 
 
-_TRANSFER_MESSAGES: dict[str, type[m.BaseModel]] = {
+_TRANSFER_MESSAGES: dict[str, type[transfers.StepMessage]] = {
     "start": m.TransferStartMessage,
     "completion": m.TransferCompletionMessage,
     "suspension": m.TransferSuspensionMessage,
