@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -626,7 +626,7 @@ def ingest(
     """De-identify, verify, encrypt, store and index a folder into an encrypted dataset (resumable)."""
     from connector.crypto.keystore import KeyStoreError
     from connector.datasets.ingest import DatasetConflict
-    from connector.datasets.ingest import ingest as run_ingest
+    from connector.datasets.use_cases import ingest_dataset
     from connector.datasets.vault import ObjectIntegrityError
     from connector.deid.options import UnknownOption
     from connector.deid.recipes import RecipeError
@@ -637,13 +637,14 @@ def ingest(
     with runtime_for(settings()) as runtime, _progress() as progress:
         task = progress.add_task("ingesting", total=None)
         try:
-            summary = run_ingest(
+            ingested = ingest_dataset(
                 runtime,
                 in_dir,
                 dataset,
                 chosen,
-                quarantine,
-                workers,
+                actor=cli_actor(),
+                quarantine_dir=quarantine,
+                workers=workers,
                 progress=lambda n: progress.advance(task, n),
                 on_total=lambda total: progress.update(task, total=total),
             )
@@ -657,20 +658,8 @@ def ingest(
             KeyStoreError,
         ) as exc:
             raise _fail(str(exc)) from None
-        runtime.audit.record(
-            cli_actor(),
-            "dataset.ingest",
-            dataset,
-            "success",
-            details={
-                "stored": summary.stored,
-                "already_stored": summary.already_stored,
-                "refused_erased": summary.refused,
-                "quarantined": summary.deid.quarantined,
-                "run_id": summary.deid.report["run_id"],
-            },
-        )
-        _refresh_catalog(runtime, dataset)
+    _print_catalog_refresh(ingested.catalog)
+    summary = ingested.summary
     render_summary(console, summary.deid)
     console.print(
         f"dataset {dataset}: {summary.stored} objects encrypted and stored, {summary.already_stored} already "
@@ -738,27 +727,22 @@ def export(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the de-identified files.")],
 ) -> None:
     """Decrypt a dataset back to its exact de-identified files (data stewards; audited)."""
-    from connector.crypto.keystore import KeyStoreError
-    from connector.datasets.export import UnknownDataset, export_dataset
-    from connector.datasets.vault import ObjectIntegrityError
-    from connector.storage.objects import ObjectStoreError
+    from connector.datasets.use_cases import EXPORT_ERRORS, export_dataset_audited
 
     with runtime_for(settings()) as runtime, _progress() as progress:
         task = progress.add_task("decrypting", total=None)
         try:
-            count = export_dataset(runtime, dataset, out_dir, progress=lambda n: progress.advance(task, n))
-        except (UnknownDataset, ObjectIntegrityError, ObjectStoreError, KeyStoreError) as exc:
-            runtime.audit.record(cli_actor(), "dataset.export", dataset, "failure", reasons=[str(exc)[:300]])
+            count = export_dataset_audited(
+                runtime, dataset, out_dir, actor=cli_actor(), progress=lambda n: progress.advance(task, n)
+            )
+        except EXPORT_ERRORS as exc:
             raise _fail(str(exc)) from None
-        runtime.audit.record(cli_actor(), "dataset.export", dataset, "success", details={"objects": count})
     console.print(f"{count} objects of {dataset} decrypted into {out_dir}")
 
 
-def _refresh_catalog(runtime: Any, dataset: str) -> None:
-    """After data changed: the dataset's public record (and its remote copies) follow."""
-    from connector.cataloging.service import refresh_after_change
-
-    for outcome in refresh_after_change(runtime, dataset, cli_actor()):
+def _print_catalog_refresh(outcomes: Iterable[Any]) -> None:
+    """After data changed, the dataset's public record (and its remote copies) followed: say how."""
+    for outcome in outcomes:
         state = "updated" if outcome.ok else f"NOT updated: {outcome.error}"
         console.print(f"catalog record at {outcome.remote}: {state}")
 
@@ -775,27 +759,20 @@ def shred(
 ) -> None:
     """Crypto-shred a patient, a study or a whole dataset: keys destroyed, objects deleted, audited."""
     from connector.crypto.keystore import KeyStoreError
-    from connector.datasets.shred import shred as run_shred
+    from connector.datasets.use_cases import shred_dataset, shred_target
 
     if sum(bool(x) for x in (patient, study, whole)) != 1:
         raise _fail("choose exactly one of --patient, --study or --all")
-    target = f"patient {patient}" if patient else f"study {study}" if study else "the WHOLE dataset"
+    target = shred_target(patient, study)
     if not yes and not typer.confirm(f"Irreversibly shred {target} of dataset {dataset}?", default=False):
         raise _fail("nothing shredded", code=1)
     with runtime_for(settings()) as runtime:
         try:
-            result = run_shred(runtime, dataset, patient=patient, study=study, actor=cli_actor())
+            shredded = shred_dataset(runtime, dataset, actor=cli_actor(), patient=patient, study=study)
         except (LookupError, KeyStoreError) as exc:
             raise _fail(str(exc)) from None
-        runtime.audit.record(
-            cli_actor(),
-            "dataset.shred",
-            dataset,
-            "success",
-            reasons=[f"shredded {target}"],
-            details={"studies": result.studies, "objects": result.objects, "new_key_id": result.new_key_id},
-        )
-        _refresh_catalog(runtime, dataset)
+    _print_catalog_refresh(shredded.catalog)
+    result = shredded.result
     console.print(
         f"shredded {target}: {result.studies} studies, {result.objects} objects; "
         + (f"dataset key rotated to {result.new_key_id}" if result.new_key_id else "dataset keys destroyed")
@@ -832,14 +809,13 @@ def keys_rotate(
 ) -> None:
     """New key-encryption key; every study key re-wrapped (no data re-encrypted); old versions retired."""
     from connector.crypto.keystore import KeyStoreError
-    from connector.datasets.shred import rotate_dataset_key
+    from connector.datasets.use_cases import rotate_key
 
     with runtime_for(settings()) as runtime:
         try:
-            new_key = rotate_dataset_key(runtime, dataset)
+            new_key = rotate_key(runtime, dataset, actor=cli_actor())
         except KeyStoreError as exc:
             raise _fail(str(exc)) from None
-        runtime.audit.record(cli_actor(), "keys.rotate", dataset, "success", details={"key_id": new_key})
     console.print(f"dataset {dataset}: key rotated to {new_key}; study keys re-wrapped")
 
 

@@ -26,9 +26,7 @@ from rich.table import Table
 
 import catalog
 from connector.api.app import create_app
-from connector.datasets.export import export_dataset
-from connector.datasets.ingest import ingest
-from connector.datasets.shred import shred
+from connector.datasets.use_cases import export_dataset_audited, ingest_dataset, shred_dataset
 from connector.deid.options import DEFAULT_OPTIONS
 from connector.deid.summary import render_summary
 from connector.demo_dataspace import show_dataspace
@@ -51,6 +49,9 @@ PEOPLE = {
     Role.HDAB: ("hdab-be", "Belgian Health Data Agency", "BE"),
     Role.PEER: ("connector-nl-umc", "NL University Medical Centre", "NL"),
 }
+# The actors of the steps the demo runs in-process, before anyone signs in.
+STEWARD = "demo:steward-anna"
+DPO = "demo:dpo-bruno"
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -396,7 +397,9 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
 
     console.rule("2. The data steward ingests it: de-identified, verified, encrypted, stored, indexed")
     runtime = build_runtime(settings)
-    ingested = ingest(runtime, data_dir / "incoming", "demo-cohort", DEFAULT_OPTIONS)
+    ingested = ingest_dataset(
+        runtime, data_dir / "incoming", "demo-cohort", DEFAULT_OPTIONS, actor=STEWARD, roles=["steward"]
+    ).summary
     render_summary(console, ingested.deid)
     objects = list(settings.effective_objects_dir.rglob("*.enc"))
     plaintext = [path for path in objects if b"DICM" in path.read_bytes()]
@@ -405,32 +408,24 @@ def run_demo(data_dir: Path, patients: int, console: Console) -> None:
         f"in {settings.effective_objects_dir}: "
         f"{len(plaintext)} of them hold plaintext DICOM; {ingested.studies} studies indexed"
     )
-    runtime.audit.record(
-        "demo:steward-anna",
-        "dataset.ingest",
-        "demo-cohort",
-        "success",
-        roles=["steward"],
-        details={"stored": ingested.stored, "quarantined": ingested.deid.quarantined},
+    exported = export_dataset_audited(
+        runtime, "demo-cohort", data_dir / "exported", actor=STEWARD, roles=["steward"]
     )
-    exported = export_dataset(runtime, "demo-cohort", data_dir / "exported")
     console.print(
         f"export: {exported} files decrypted into {data_dir / 'exported'}, each checked against its SHA-256"
     )
-    runtime.audit.record("demo:steward-anna", "dataset.export", "demo-cohort", "success", roles=["steward"])
     victim = sorted(path.name for path in (data_dir / "exported").iterdir())[0]
-    shredded = shred(runtime, "demo-cohort", patient=victim)
+    shredded = shred_dataset(
+        runtime,
+        "demo-cohort",
+        actor=DPO,
+        patient=victim,
+        roles=["dpo"],
+        audit_reason=f"erasure of patient {victim}",
+    ).result
     console.print(
         f"erasure: patient {victim} crypto-shredded ({shredded.studies} studies, {shredded.objects} objects "
         f"deleted, dataset key rotated to {shredded.new_key_id}: backups cannot decrypt them either)"
-    )
-    runtime.audit.record(
-        "demo:dpo-bruno",
-        "dataset.shred",
-        "demo-cohort",
-        "success",
-        roles=["dpo"],
-        reasons=[f"erasure of patient {victim}"],
     )
 
     console.rule("3. The connector service on 127.0.0.1")

@@ -88,7 +88,7 @@ def import_consent(
     matches no patient. Without it unmatched rows are stored (they apply if the patient arrives
     later) and listed in the report.
     """
-    from connector.datasets.shred import shred
+    from connector.datasets.use_cases import refresh_catalog, shred_dataset
 
     strict = erase if strict is None else strict
     entries = parse_entries(
@@ -133,22 +133,20 @@ def import_consent(
     shredded = []
     for entry in to_erase:
         try:
-            reason = f"erased after {entry.status}"
-            done = shred(runtime, entry.dataset, patient=entry.pseudonym, actor=actor, reason=reason)
+            done = shred_dataset(
+                runtime,
+                entry.dataset,
+                actor=actor,
+                patient=entry.pseudonym,
+                reason=f"erased after {entry.status}",
+                audit_reason=f"erasure after {entry.status}",
+                audit_details={"patient": entry.pseudonym},
+                refresh=False,  # once per dataset below, after every erasure there
+            ).result
         except LookupError:
             continue  # nothing of this patient is stored there: they are refused if they arrive
         shredded.append((entry.dataset, entry.pseudonym, done.studies))
-        runtime.audit.record(
-            actor,
-            "dataset.shred",
-            entry.dataset,
-            "success",
-            reasons=[f"erasure after {entry.status}"],
-            details={"patient": entry.pseudonym, "studies": done.studies, "new_key_id": done.new_key_id},
-        )
     # Opt-outs and erasures change who is counted: public catalog records follow at once.
-    from connector.cataloging.service import refresh_after_change
-
     for dataset in result.datasets:
-        refresh_after_change(runtime, dataset, actor)
+        refresh_catalog(runtime, dataset, actor)
     return ConsentImport(result, tuple(shredded), report, strict)
