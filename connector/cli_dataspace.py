@@ -194,7 +194,7 @@ def negotiate(
     """Negotiate a contract for a peer's dataset offer, through to FINALIZED or TERMINATED."""
     from connector.dataspace.negotiations import DspError, get_negotiation, start_negotiation
     from connector.dataspace.peer_client import PeerError, call
-    from connector.dataspace.states import NEGOTIATION_FINAL
+    from connector.dataspace.states import NEGOTIATION_FINAL, NegotiationState
 
     token = _permit(permit)
     with runtime_for(settings()) as runtime:
@@ -226,13 +226,13 @@ def negotiate(
     if as_json:
         print(json.dumps(outcome, indent=2))
     else:
-        colour = "green" if view.state == "FINALIZED" else "red"
+        colour = "green" if view.state == NegotiationState.FINALIZED else "red"
         console.print(f"negotiation {view.pid}: [{colour}]{view.state}[/{colour}]")
         if view.agreement_id:
             console.print(f"agreement {view.agreement_id} (purpose {view.purpose})")
         for reason in view.reasons:
             console.print(f"  - {reason}")
-    if view.state != "FINALIZED":
+    if view.state != NegotiationState.FINALIZED:
         raise typer.Exit(1)
 
 
@@ -250,7 +250,7 @@ def transfer_start(
     """Request a transfer; print the data address (ComputeToData: the job endpoint and its token)."""
     from connector.dataspace import messages as m
     from connector.dataspace.negotiations import DspError
-    from connector.dataspace.states import TRANSFER_FINAL
+    from connector.dataspace.states import TRANSFER_FINAL, TransferState
     from connector.dataspace.transfers import get_transfer, start_transfer
 
     if fmt not in m.FORMATS:
@@ -261,12 +261,12 @@ def transfer_start(
         except DspError as exc:
             raise _peer_failed(exc) from None
         deadline = time.monotonic() + wait
-        wanted = TRANSFER_FINAL | ({"STARTED"} if fmt == m.COMPUTE_TO_DATA else set())
+        wanted = TRANSFER_FINAL | ({TransferState.STARTED} if fmt == m.COMPUTE_TO_DATA else set())
         while view.state not in wanted and time.monotonic() < deadline:
             time.sleep(0.05)
             view = get_transfer(runtime, view.pid)
     _print_transfer(view, as_json)
-    if view.state not in ("STARTED", "COMPLETED"):
+    if view.state not in (TransferState.STARTED, TransferState.COMPLETED):
         raise typer.Exit(1)
 
 
@@ -292,10 +292,12 @@ def _print_transfer(view: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, indent=2))
         return
+    from connector.dataspace.states import TransferState
+
     console.print(f"transfer {view.pid} ({view.format}): {view.state}")
     for reason in view.reasons:
         console.print(f"  - {reason}")
-    if data["endpoint"] and view.state == "STARTED":
+    if data["endpoint"] and view.state == TransferState.STARTED:
         console.print("Submit jobs to the provider with:", highlight=False)
         sys.stdout.write(
             f"export IMAGING_CONNECTOR_URL={data['endpoint']}\n"
@@ -355,6 +357,7 @@ def transfer_resume(
 ) -> None:
     """Ask the provider to start a suspended transfer again (it decides again; a fresh token)."""
     from connector.dataspace.negotiations import DspError
+    from connector.dataspace.states import TransferState
     from connector.dataspace.transfers import get_transfer, resume
 
     with runtime_for(settings()) as runtime:
@@ -363,11 +366,11 @@ def transfer_resume(
         except DspError as exc:
             raise _peer_failed(exc) from None
         deadline = time.monotonic() + wait
-        while view.state == "SUSPENDED" and time.monotonic() < deadline:
+        while view.state == TransferState.SUSPENDED and time.monotonic() < deadline:
             time.sleep(0.05)
             view = get_transfer(runtime, pid)
     _print_transfer(view, False)
-    if view.state != "STARTED":
+    if view.state != TransferState.STARTED:
         raise typer.Exit(1)
 
 

@@ -155,7 +155,14 @@ def _progress_text(job: Job) -> str:
 
 
 def _print_job(job: Job) -> None:
-    colour = {"succeeded": "green", "failed": "red", "denied": "red", "cancelled": "yellow"}.get(job.state)
+    from connector.client import JobState
+
+    colour = {
+        JobState.SUCCEEDED: "green",
+        JobState.FAILED: "red",
+        JobState.DENIED: "red",
+        JobState.CANCELLED: "yellow",
+    }.get(job.state)
     state = f"[{colour}]{job.state}[/]" if colour else job.state
     _say(f"job [bold]{job.id}[/]: {state}")
     rows = [
@@ -265,7 +272,7 @@ def jobs_submit(
     Exits 1 when the policy denies the job (or it ends other than succeeded), 2 when the submission
     is refused (signature, package, request) or the connector cannot be reached.
     """
-    from connector.client import ConnectorError
+    from connector.client import ConnectorError, JobState
 
     content = _read_bytes(package, "package")
     jws = _read_text(signature, "signature")
@@ -299,7 +306,7 @@ def jobs_submit(
         _print_json(job.to_json())
     elif wait:
         _print_job(job)
-    if wait and job.state != "succeeded":
+    if wait and job.state != JobState.SUCCEEDED:
         raise typer.Exit(1)
 
 
@@ -345,6 +352,8 @@ def jobs_list(
     as_json: JsonFlag = False,
 ) -> None:
     """Your jobs on the connector, newest first."""
+    from connector.client import JobState
+
     with _remote(url, token) as client:
         jobs = client.jobs(limit)
     if as_json:
@@ -359,7 +368,7 @@ def jobs_list(
             f"{job.id}  {job.state:<9}  {escape(job.model or '?')} on {escape(job.dataset)}{studies}  "
             f"[dim]{job.created_at[:16].replace('T', ' ')}[/]"
         )
-        if job.state in ("failed", "denied", "cancelled"):
+        if job.state in (JobState.FAILED, JobState.DENIED, JobState.CANCELLED):
             for reason in job.reasons or [job.error_code]:
                 _say(f"    {escape(reason)}")
 
@@ -436,13 +445,15 @@ def jobs_cancel(
     job_id: JobId, url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonFlag = False
 ) -> None:
     """Cancel a job: a queued one at once, a running one at its next batch; nothing is released."""
+    from connector.client import JobState
+
     with _remote(url, token) as client:
         job = client.cancel(job_id)
     if as_json:
         _print_json(job.to_json())
-    elif job.state == "cancelled":
+    elif job.state == JobState.CANCELLED:
         _say(f"job {job.id}: cancelled")
-    elif job.state == "running":
+    elif job.state == JobState.RUNNING:
         _say(f"job {job.id}: cancellation requested; it stops at its next batch")
     else:
         _say(f"job {job.id} had already ended: {job.state}")

@@ -18,17 +18,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import jwt
+from pydantic import ValidationError
 
 from connector.jobs.results import ResultError, verify_result
+from connector.jobs.schemas import FINAL_STATES, JobState
+from connector.jobs.schemas import JobRead as Job
 
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "denied"})
 COHORT_FIELDS = ("modality", "body_part", "age_band", "sex", "study_year", "manufacturer")
 _MAX_DETAIL = 500
 
@@ -39,6 +40,7 @@ __all__ = [
     "ConnectorError",
     "ConnectorUnreachable",
     "Job",
+    "JobState",
     "ResultError",
     "WaitTimeout",
 ]
@@ -82,53 +84,14 @@ class WaitTimeout(TimeoutError):
         super().__init__(f"job {job.id} is still {job.state} after {seconds:g} s")
 
 
-@dataclass(frozen=True)
-class Job:
-    """A job as the connector reports it (the API's JobOut)."""
-
-    id: str
-    state: str
-    dataset: str
-    purpose: str
-    model: str
-    package_digest: str
-    reasons: tuple[str, ...]
-    error_code: str
-    policy_version: str
-    cohort_size: int
-    studies_total: int
-    studies_done: int
-    studies_skipped: int
-    created_at: str
-    started_at: str
-    finished_at: str
-    has_result: bool
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> Job:
-        """A Job from the API's JSON; fields the server adds later are ignored."""
-        values: dict[str, Any] = {field.name: document.get(field.name) for field in fields(cls)}
-        missing = [name for name in ("id", "state") if not isinstance(values[name], str)]
-        if missing:
-            raise ConnectorError(0, "bad_response", f"the job answer lacks {', '.join(missing)}")
-        values["reasons"] = tuple(str(reason) for reason in (document.get("reasons") or ()))
-        for name in ("cohort_size", "studies_total", "studies_done", "studies_skipped"):
-            values[name] = int(values[name] or 0)
-        for name in ("dataset", "purpose", "model", "package_digest", "error_code", "policy_version"):
-            values[name] = str(values[name] or "")
-        for name in ("created_at", "started_at", "finished_at"):  # "" until it happens
-            values[name] = str(values[name] or "")
-        values["has_result"] = bool(values["has_result"])
-        return cls(**values)
-
-    def to_json(self) -> dict[str, Any]:
-        document = {field.name: getattr(self, field.name) for field in fields(self)}
-        document["reasons"] = list(self.reasons)
-        return document
+def _job(document: Any) -> Job:
+    """A Job (the API's read model) from the API's JSON; fields the server adds later are ignored."""
+    try:
+        return Job.model_validate(document)
+    except ValidationError as exc:
+        wrong = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+        lacks = ", ".join(wrong) or "a job"
+        raise ConnectorError(0, "bad_response", f"the job answer lacks {lacks}") from None
 
 
 def _bounded(text: str) -> str:
@@ -277,14 +240,14 @@ class ConnectorClient:
             data={"job": json.dumps(request), "signature": signature.strip()},
             files={"package": ("package.zip", bytes(content), "application/zip")},
         )
-        return Job.from_json(document)
+        return _job(document)
 
     def job(self, job_id: str) -> Job:
-        return Job.from_json(self._json("GET", f"/v1/jobs/{_segment(job_id)}"))
+        return _job(self._json("GET", f"/v1/jobs/{_segment(job_id)}"))
 
     def jobs(self, limit: int = 100) -> list[Job]:
         """Your jobs, newest first."""
-        return [Job.from_json(item) for item in self._json("GET", "/v1/jobs", params={"limit": limit})]
+        return [_job(item) for item in self._json("GET", "/v1/jobs", params={"limit": limit})]
 
     def wait(
         self,
@@ -309,7 +272,7 @@ class ConnectorClient:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next batch; nothing is released."""
-        return Job.from_json(self._json("POST", f"/v1/jobs/{_segment(job_id)}/cancel"))
+        return _job(self._json("POST", f"/v1/jobs/{_segment(job_id)}/cancel"))
 
     def result(self, job_id: str) -> str:
         """The job's signed result as the connector sent it (a compact JWS)."""

@@ -19,9 +19,10 @@ from connector.dataspace import messages as m
 from connector.dataspace.identity import own_participant
 from connector.dataspace.negotiations import get_negotiation, start_negotiation
 from connector.dataspace.peer_client import call
-from connector.dataspace.states import NEGOTIATION_FINAL
+from connector.dataspace.states import NEGOTIATION_FINAL, NegotiationState, TransferState
 from connector.dataspace.transfers import end, get_transfer, start_transfer
 from connector.jobs.runner import Worker, sandbox_limits
+from connector.jobs.schemas import JobState
 from connector.local_connector import LocalConnector, free_port, write_trust_list
 from connector.runtime import Runtime
 
@@ -92,17 +93,17 @@ def _negotiate_and_run(
         view = start_negotiation(consumer, provider, dataset["@id"], offer, researcher, permit, purpose)
         _until(lambda pid=view.pid: get_negotiation(consumer, pid).state in NEGOTIATION_FINAL)
         view = get_negotiation(consumer, view.pid)
-        colour = "green" if view.state == "FINALIZED" else "red"
+        colour = "green" if view.state == NegotiationState.FINALIZED else "red"
         console.print(f"contract request for purpose {purpose}: [{colour}]{view.state}[/{colour}]")
         for reason in view.reasons[:2]:
             console.print(f"  - {reason}")
-    if view.state != "FINALIZED":
+    if view.state != NegotiationState.FINALIZED:
         return
     console.print(
         f"agreement {view.agreement_id}, signed by the hospital's key and stored by both connectors"
     )
     transfer = start_transfer(consumer, view.agreement_id, m.COMPUTE_TO_DATA)
-    _until(lambda: get_transfer(consumer, transfer.pid).state != "REQUESTED")
+    _until(lambda: get_transfer(consumer, transfer.pid).state != TransferState.REQUESTED)
     transfer = get_transfer(consumer, transfer.pid)
     address = m.DataAddress.model_validate(transfer.data_address or {})
     console.print(
@@ -113,7 +114,7 @@ def _negotiate_and_run(
         package, signature, dataset="demo-cohort", purpose="ai-development", permit=permit
     )
     job = client.wait(job.id, timeout=300, poll=0.2)
-    if job.state == "succeeded":
+    if job.state == JobState.SUCCEEDED:
         result = client.verified_result(job.id)
         console.print(
             f"job {job.state} under the agreement; signed result verified: {result['aggregate']['studies']} "

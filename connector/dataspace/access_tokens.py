@@ -17,6 +17,7 @@ from typing import Literal
 import jwt
 
 from connector.dataspace.models import Agreement, Transfer
+from connector.dataspace.states import TransferState
 from connector.identity.errors import ForbiddenError
 from connector.identity.principal import Principal
 from connector.runtime import Runtime
@@ -85,7 +86,7 @@ def check(runtime: Runtime, principal: Principal, scope: Scope) -> AgreementAcce
         or transfer.agreement_id != agreement_id
     ):
         raise AgreementInactive("the transfer this token was issued for does not exist")
-    if transfer.state != "STARTED":
+    if transfer.state != TransferState.STARTED:
         raise AgreementInactive(f"the transfer this token was issued for is {transfer.state}, not STARTED")
     if agreement.valid_until < time.time():
         raise AgreementInactive("the contract agreement has expired")

@@ -47,6 +47,7 @@ from connector.dataspace.peer_client import PeerError, call
 from connector.dataspace.states import (
     NEGOTIATION_FINAL,
     IllegalTransition,
+    NegotiationState,
     ProcessSides,
     Role,
     next_negotiation_state,
@@ -78,7 +79,7 @@ class NegotiationView(ProcessSides):
     peer: str
     peer_pid: str
     peer_address: str  # the peer's DSP base URL (its callback, or its endpoint)
-    state: str
+    state: NegotiationState
     dataset: str
     target: str
     purpose: str
@@ -96,7 +97,7 @@ def _view(row: Negotiation) -> NegotiationView:
         peer=row.peer,
         peer_pid=row.peer_pid,
         peer_address=row.peer_address,
-        state=row.state,
+        state=NegotiationState(row.state),
         dataset=row.dataset,
         target=row.target,
         purpose=row.purpose,
@@ -298,7 +299,7 @@ def receive_request(
             peer_pid=msg.consumerPid,
             peer=peer.participant.id,
             peer_address=msg.callbackAddress.rstrip("/"),
-            state=next_negotiation_state("INITIAL", "ContractRequestMessage", "consumer"),
+            state=next_negotiation_state(NegotiationState.INITIAL, "ContractRequestMessage", "consumer"),
             dataset=dataset,
             target=msg.offer.target,
             offer=offer_json,
@@ -361,7 +362,7 @@ def provider_decide(runtime: Runtime, pid: str) -> None:
     """Answer a REQUESTED or ACCEPTED negotiation: counter-offer, agreement or termination."""
     with runtime.sessions() as session:
         row = session.get(Negotiation, pid)
-        if row is None or row.state not in ("REQUESTED", "ACCEPTED"):
+        if row is None or row.state not in (NegotiationState.REQUESTED, NegotiationState.ACCEPTED):
             return
         view, offer, permit, actor = _view(row), json.loads(row.offer), row.permit, row.actor
     participant = runtime.trust.get(view.peer)
@@ -608,7 +609,7 @@ def start_negotiation(
         peer_pid="",
         peer=provider.id,
         peer_address=provider.dsp,
-        state=next_negotiation_state("INITIAL", "ContractRequestMessage", "consumer"),
+        state=next_negotiation_state(NegotiationState.INITIAL, "ContractRequestMessage", "consumer"),
         dataset="",
         target=dataset_iri,
         offer=json.dumps(requested),
@@ -817,7 +818,7 @@ def _epoch(value: Any) -> float:
 
 
 def _verification_sent(row: Negotiation) -> DspError | None:
-    if row.role == "consumer" and row.state == "VERIFIED":
+    if row.role == "consumer" and row.state == NegotiationState.VERIFIED:
         return DspError(
             409,
             "verification_sent",

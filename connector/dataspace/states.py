@@ -7,12 +7,39 @@ which the protocol layer answers with a DSP error while the stored state stays a
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 Role = Literal["provider", "consumer"]
 
-NEGOTIATION_FINAL = frozenset({"FINALIZED", "TERMINATED"})
-TRANSFER_FINAL = frozenset({"COMPLETED", "TERMINATED"})
+
+class NegotiationState(StrEnum):
+    """A contract negotiation's state, as stored and as DSP names it (the values never change)."""
+
+    INITIAL = "INITIAL"  # ours only: before the first message (never sent)
+    REQUESTED = "REQUESTED"
+    OFFERED = "OFFERED"
+    ACCEPTED = "ACCEPTED"
+    AGREED = "AGREED"
+    VERIFIED = "VERIFIED"
+    FINALIZED = "FINALIZED"
+    TERMINATED = "TERMINATED"
+
+
+class TransferState(StrEnum):
+    """A transfer process's state, as stored and as DSP names it (the values never change)."""
+
+    INITIAL = "INITIAL"  # ours only: before the first message (never sent)
+    REQUESTED = "REQUESTED"
+    STARTED = "STARTED"
+    SUSPENDED = "SUSPENDED"
+    COMPLETED = "COMPLETED"
+    TERMINATED = "TERMINATED"
+
+
+_N, _T = NegotiationState, TransferState
+NEGOTIATION_FINAL = frozenset({_N.FINALIZED, _N.TERMINATED})
+TRANSFER_FINAL = frozenset({_T.COMPLETED, _T.TERMINATED})
 
 
 class ProcessSides:
@@ -40,45 +67,45 @@ class IllegalTransition(Exception):
 
 
 # (message, sender) -> (states it may arrive in, state it leads to)
-_NEGOTIATION: dict[tuple[str, Role], tuple[frozenset[str], str]] = {
-    ("ContractRequestMessage", "consumer"): (frozenset({"INITIAL", "OFFERED"}), "REQUESTED"),
-    ("ContractOfferMessage", "provider"): (frozenset({"INITIAL", "REQUESTED"}), "OFFERED"),
-    ("ACCEPTED", "consumer"): (frozenset({"OFFERED"}), "ACCEPTED"),
-    ("ContractAgreementMessage", "provider"): (frozenset({"REQUESTED", "ACCEPTED"}), "AGREED"),
-    ("ContractAgreementVerificationMessage", "consumer"): (frozenset({"AGREED"}), "VERIFIED"),
-    ("FINALIZED", "provider"): (frozenset({"VERIFIED"}), "FINALIZED"),
+_NEGOTIATION: dict[tuple[str, Role], tuple[frozenset[NegotiationState], NegotiationState]] = {
+    ("ContractRequestMessage", "consumer"): (frozenset({_N.INITIAL, _N.OFFERED}), _N.REQUESTED),
+    ("ContractOfferMessage", "provider"): (frozenset({_N.INITIAL, _N.REQUESTED}), _N.OFFERED),
+    ("ACCEPTED", "consumer"): (frozenset({_N.OFFERED}), _N.ACCEPTED),
+    ("ContractAgreementMessage", "provider"): (frozenset({_N.REQUESTED, _N.ACCEPTED}), _N.AGREED),
+    ("ContractAgreementVerificationMessage", "consumer"): (frozenset({_N.AGREED}), _N.VERIFIED),
+    ("FINALIZED", "provider"): (frozenset({_N.VERIFIED}), _N.FINALIZED),
 }
 
-_TRANSFER: dict[tuple[str, Role], tuple[frozenset[str], str]] = {
-    ("TransferRequestMessage", "consumer"): (frozenset({"INITIAL"}), "REQUESTED"),
-    ("TransferStartMessage", "provider"): (frozenset({"REQUESTED", "SUSPENDED"}), "STARTED"),
+_TRANSFER: dict[tuple[str, Role], tuple[frozenset[TransferState], TransferState]] = {
+    ("TransferRequestMessage", "consumer"): (frozenset({_T.INITIAL}), _T.REQUESTED),
+    ("TransferStartMessage", "provider"): (frozenset({_T.REQUESTED, _T.SUSPENDED}), _T.STARTED),
     # The consumer may ask to resume a transfer that it (not the provider) suspended; the
     # provider answers with its own start message.
-    ("TransferStartMessage", "consumer"): (frozenset({"SUSPENDED"}), "SUSPENDED"),
-    ("TransferSuspensionMessage", "provider"): (frozenset({"STARTED"}), "SUSPENDED"),
-    ("TransferSuspensionMessage", "consumer"): (frozenset({"STARTED"}), "SUSPENDED"),
-    ("TransferCompletionMessage", "provider"): (frozenset({"STARTED"}), "COMPLETED"),
-    ("TransferCompletionMessage", "consumer"): (frozenset({"STARTED"}), "COMPLETED"),
+    ("TransferStartMessage", "consumer"): (frozenset({_T.SUSPENDED}), _T.SUSPENDED),
+    ("TransferSuspensionMessage", "provider"): (frozenset({_T.STARTED}), _T.SUSPENDED),
+    ("TransferSuspensionMessage", "consumer"): (frozenset({_T.STARTED}), _T.SUSPENDED),
+    ("TransferCompletionMessage", "provider"): (frozenset({_T.STARTED}), _T.COMPLETED),
+    ("TransferCompletionMessage", "consumer"): (frozenset({_T.STARTED}), _T.COMPLETED),
 }
 
 
-def next_negotiation_state(state: str, message: str, sender: Role) -> str:
+def next_negotiation_state(state: str, message: str, sender: Role) -> NegotiationState:
     """The state after `message` from `sender`; termination is allowed from every non-final state."""
     if message == "ContractNegotiationTerminationMessage":
-        if state in NEGOTIATION_FINAL or state == "INITIAL":
+        if state in NEGOTIATION_FINAL or state == _N.INITIAL:
             raise IllegalTransition("contract negotiation", state, message)
-        return "TERMINATED"
+        return _N.TERMINATED
     rule = _NEGOTIATION.get((message, sender))
     if rule is None or state not in rule[0]:
         raise IllegalTransition("contract negotiation", state, f"{message} from the {sender}")
     return rule[1]
 
 
-def next_transfer_state(state: str, message: str, sender: Role) -> str:
+def next_transfer_state(state: str, message: str, sender: Role) -> TransferState:
     if message == "TransferTerminationMessage":
-        if state in TRANSFER_FINAL or state == "INITIAL":
+        if state in TRANSFER_FINAL or state == _T.INITIAL:
             raise IllegalTransition("transfer process", state, message)
-        return "TERMINATED"
+        return _T.TERMINATED
     rule = _TRANSFER.get((message, sender))
     if rule is None or state not in rule[0]:
         raise IllegalTransition("transfer process", state, f"{message} from the {sender}")

@@ -35,8 +35,10 @@ from connector.dataspace.peer_client import PeerError, call
 from connector.dataspace.states import (
     TRANSFER_FINAL,
     IllegalTransition,
+    NegotiationState,
     ProcessSides,
     Role,
+    TransferState,
     next_transfer_state,
 )
 from connector.dataspace.trust import callback_problem
@@ -62,7 +64,7 @@ class TransferView(ProcessSides):
     peer_address: str  # the peer's DSP base URL (its callback, or its endpoint)
     agreement_id: str
     format: str
-    state: str
+    state: TransferState
     data_address: dict[str, Any] | None
     reasons: list[str]
     created_at: str
@@ -78,7 +80,7 @@ def _view(row: Transfer) -> TransferView:
         peer_address=row.peer_address,
         agreement_id=row.agreement_id,
         format=row.format,
-        state=row.state,
+        state=TransferState(row.state),
         data_address=json.loads(row.data_address) if row.data_address else None,
         reasons=json.loads(row.reasons),
         created_at=row.created_at,
@@ -88,7 +90,7 @@ def _view(row: Transfer) -> TransferView:
 
 def _deadline(runtime: Runtime, state: str) -> float:
     # Only a requested transfer waits on the other side; a started one lives as long as its agreement.
-    if state == "REQUESTED":
+    if state == TransferState.REQUESTED:
         return time.time() + runtime.settings.dsp_process_timeout_seconds
     return _NEVER if state not in TRANSFER_FINAL else time.time()
 
@@ -187,7 +189,7 @@ def receive_request(
             [f"no contract agreement {msg.agreementId} with you"],
             consumer_pid=msg.consumerPid,
         )
-    if negotiation is None or negotiation.state != "FINALIZED":
+    if negotiation is None or negotiation.state != NegotiationState.FINALIZED:
         raise DspError(
             400,
             "agreement_not_final",
@@ -215,12 +217,12 @@ def receive_request(
         peer_address=msg.callbackAddress.rstrip("/"),
         agreement_id=agreement.id,
         format=msg.format,
-        state=next_transfer_state("INITIAL", "TransferRequestMessage", "consumer"),
+        state=next_transfer_state(TransferState.INITIAL, "TransferRequestMessage", "consumer"),
         data_address="",
         reasons="[]",
         created_at=now,
         updated_at=now,
-        deadline=_deadline(runtime, "REQUESTED"),
+        deadline=_deadline(runtime, TransferState.REQUESTED),
     )
     with runtime.sessions() as session, session.begin():
         session.add(row)
@@ -361,7 +363,7 @@ def receive(
     if view.role == "provider" and kind == "TransferStartMessage":
         # The consumer asks to resume: the provider decides again and starts with a fresh token.
         return view, lambda: provider_start(runtime, pid)
-    if view.role == "consumer" and view.state == "STARTED" and view.format == m.ENCRYPTED_PULL:
+    if view.role == "consumer" and view.state == TransferState.STARTED and view.format == m.ENCRYPTED_PULL:
         return view, lambda: pull_copy(runtime, pid)
     return view, None
 
@@ -420,7 +422,7 @@ def start_transfer(runtime: Runtime, agreement_id: str, fmt: str) -> TransferVie
         negotiation = session.get(Negotiation, agreement.negotiation) if agreement else None
     if agreement is None or agreement.role != "consumer" or negotiation is None:
         raise DspError(404, "unknown_agreement", [f"no contract agreement {agreement_id} of ours"])
-    if negotiation.state != "FINALIZED":
+    if negotiation.state != NegotiationState.FINALIZED:
         raise DspError(409, "agreement_not_final", [f"the negotiation is {negotiation.state}, not FINALIZED"])
     pid, now = new_pid(), utc_now_text()
     with runtime.sessions() as session, session.begin():
@@ -433,12 +435,12 @@ def start_transfer(runtime: Runtime, agreement_id: str, fmt: str) -> TransferVie
                 peer_address=negotiation.peer_address,
                 agreement_id=agreement_id,
                 format=fmt,
-                state=next_transfer_state("INITIAL", "TransferRequestMessage", "consumer"),
+                state=next_transfer_state(TransferState.INITIAL, "TransferRequestMessage", "consumer"),
                 data_address="",
                 reasons="[]",
                 created_at=now,
                 updated_at=now,
-                deadline=_deadline(runtime, "REQUESTED"),
+                deadline=_deadline(runtime, TransferState.REQUESTED),
             )
         )
     _audit(runtime, get_transfer(runtime, pid), "requested", "success")
@@ -524,7 +526,7 @@ def expire_transfers(runtime: Runtime, now: float | None = None) -> list[str]:
     with runtime.sessions() as session:
         pids = list(
             session.execute(
-                select(Transfer.pid).where(Transfer.state == "REQUESTED", Transfer.deadline < now)
+                select(Transfer.pid).where(Transfer.state == TransferState.REQUESTED, Transfer.deadline < now)
             ).scalars()
         )
     for pid in pids:

@@ -12,9 +12,10 @@ from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from connector.db.base import Base
+from connector.jobs.schemas import FINAL_STATES, JobState
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled", "denied")
-FINAL_STATES = ("succeeded", "failed", "cancelled", "denied")
+STATES = tuple(JobState)
+__all__ = ["FINAL_STATES", "STATES", "Job", "JobState", "ReleaseBudget"]
 
 
 class Job(Base):
@@ -39,7 +40,7 @@ class Job(Base):
     team_key_id: Mapped[str] = mapped_column(String(100))
     model: Mapped[str] = mapped_column(String(100))  # name@version from the manifest
     batch_size: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))  # a JobState's value
     reasons: Mapped[str] = mapped_column(Text, default="[]")  # JSON list: decisions or the failure
     error_code: Mapped[str] = mapped_column(String(40), default="")
     policy_version: Mapped[str] = mapped_column(String(40), default="")

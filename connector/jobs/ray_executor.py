@@ -42,8 +42,9 @@ from sqlalchemy import update
 
 from connector.atomic_files import write_atomically
 from connector.compute.sandbox import SandboxLimits
-from connector.jobs.models import FINAL_STATES, Job
+from connector.jobs.models import Job
 from connector.jobs.runner import LEASE_SECONDS, finish_job, run_job
+from connector.jobs.schemas import FINAL_STATES, JobState
 from connector.runtime import Runtime, build_runtime
 from connector.settings import Settings
 
@@ -189,7 +190,7 @@ def run_in_ray_worker(
         if job is None:
             raise LookupError(f"job {job_id} is not in this connector's database")
         state, worker = job.state, job.worker
-    if state != "running":
+    if state != JobState.RUNNING:
         return state  # it ended elsewhere (cancelled, its claim lapsed): never run it
     context = ray.get_runtime_context()
     runtime.audit.record(
@@ -276,7 +277,7 @@ class RayExecutor:
             with self._db().sessions() as session, session.begin():
                 session.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.state == "running")
+                    .where(Job.id == job_id, Job.state == JobState.RUNNING)
                     .values(lease_until=time.time() + LEASE_SECONDS)
                 )
         except Exception:  # the database went away for a moment: the task renews on its progress too
@@ -286,11 +287,12 @@ class RayExecutor:
         """End a job whose Ray task gave no state as the runner ends a failed job; its final state.
         A job the task finished before dying keeps the state it reached."""
         runtime = self._db()
-        if finish_job(runtime, job_id, "failed", "executor_failed", [f"{reason}; nothing was released"]):
-            return "failed"
+        reasons = [f"{reason}; nothing was released"]
+        if finish_job(runtime, job_id, JobState.FAILED, "executor_failed", reasons):
+            return JobState.FAILED
         with runtime.sessions() as session:
             job = session.get(Job, job_id)
-        return job.state if job is not None and job.state in FINAL_STATES else "failed"
+        return job.state if job is not None and job.state in FINAL_STATES else JobState.FAILED
 
     def close(self) -> None:
         """Shut down the local Ray instance this executor started (never a cluster it joined)."""

@@ -47,6 +47,7 @@ from connector.db.engine import rows_matched
 from connector.jobs.failures import error_reference, model_failure, sandbox_failure
 from connector.jobs.models import Job, ReleaseBudget
 from connector.jobs.results import DEFAULT_DECIMALS, build_result, sign_result
+from connector.jobs.schemas import JobState
 from connector.jobs.service import cohort_hash
 from connector.runtime import Runtime
 
@@ -60,7 +61,7 @@ BUDGET_RETRIES = 5  # a release re-decided when another job of the team charged 
 class JobFailure(Exception):
     """A job ends here; its reasons are ours or the policy's, never text the model wrote."""
 
-    def __init__(self, state: str, code: str, reasons: list[str]) -> None:
+    def __init__(self, state: JobState, code: str, reasons: list[str]) -> None:
         super().__init__("; ".join(reasons))
         self.state, self.code, self.reasons = state, code, reasons
 
@@ -93,16 +94,16 @@ def claim_next(runtime: Runtime, worker: str) -> str | None:
     with runtime.sessions() as session:
         candidates = list(
             session.execute(
-                select(Job.id).where(Job.state == "queued").order_by(Job.created_at).limit(5)
+                select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.created_at).limit(5)
             ).scalars()
         )
     for job_id in candidates:
         with runtime.sessions() as session, session.begin():
             claimed = rows_matched(session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == "queued")
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
                 .values(
-                    state="running",
+                    state=JobState.RUNNING,
                     worker=worker[:100],
                     started_at=utc_now_text(),
                     lease_until=time.time() + LEASE_SECONDS,
@@ -118,9 +119,9 @@ def fail_abandoned(runtime: Runtime) -> int:
     with runtime.sessions() as session, session.begin():
         return rows_matched(session.execute(
             update(Job)
-            .where(Job.state == "running", Job.lease_until < time.time())
+            .where(Job.state == JobState.RUNNING, Job.lease_until < time.time())
             .values(
-                state="failed",
+                state=JobState.FAILED,
                 error_code="worker_lost",
                 reasons=json.dumps(["the worker running this job stopped; nothing was released"]),
                 finished_at=utc_now_text(),
@@ -130,13 +131,13 @@ def fail_abandoned(runtime: Runtime) -> int:
 
 def _update(runtime: Runtime, job_id: str, **values: Any) -> None:
     with runtime.sessions() as session, session.begin():
-        session.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(**values))
+        session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING).values(**values))
 
 
 def finish_job(
     runtime: Runtime,
     job_id: str,
-    state: str,
+    state: JobState,
     code: str,
     reasons: list[str],
     result: str | None = None,
@@ -154,7 +155,7 @@ def finish_job(
             _charge_budget(session, *charge)
         ended = rows_matched(session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "running")
+            .where(Job.id == job_id, Job.state == JobState.RUNNING)
             .values(
                 state=state,
                 error_code=code,
@@ -172,7 +173,7 @@ def finish_job(
         f"worker:{job.worker}",
         f"job.{state}",
         job.id,
-        "success" if state == "succeeded" else "failure" if state == "failed" else "deny",
+        "success" if state == JobState.SUCCEEDED else "failure" if state == JobState.FAILED else "deny",
         reasons=reasons[:10],
         details={
             "code": code,
@@ -260,7 +261,9 @@ def _decide_at_start(
     """The access decision again, on the runnable cohort: `studies` are those the model can read
     (of `asked` consenting patients the filter matched, only these count towards k)."""
     if job.permit_expires is not None and job.permit_expires < time.time():
-        raise JobFailure("denied", "permit_expired", ["the data permit expired before the job started"])
+        raise JobFailure(
+            JobState.DENIED, "permit_expired", ["the data permit expired before the job started"]
+        )
     patients = len({study.pseudonym for study in studies})
     prepared = json.loads(job.access_input)
     prepared["cohort"]["size"] = patients
@@ -275,7 +278,7 @@ def _decide_at_start(
                 f"at start: {patients} of the {asked} patients the cohort query matched have a study of "
                 f"modality {', '.join(sorted(modalities))} that the model reads; only they count"
             )
-        raise JobFailure("denied", "access_denied", reasons)
+        raise JobFailure(JobState.DENIED, "access_denied", reasons)
 
 
 def _inputs(
@@ -296,35 +299,35 @@ def run_job(runtime: Runtime, job_id: str, limits: SandboxLimits) -> str:
         session.expunge(job)
     notes = _RunNotes()
 
-    def fail(state: str, code: str, sentence: str) -> str:
+    def fail(state: JobState, code: str, sentence: str) -> str:
         finish_job(runtime, job.id, state, code, [sentence], details=notes.details())
         return state
 
     try:
         _run(runtime, job, limits, notes)
-        return "succeeded"
+        return JobState.SUCCEEDED
     except JobFailure as exc:
         finish_job(runtime, job.id, exc.state, exc.code, exc.reasons, details=notes.details())
         return exc.state
     except InterruptedError:
-        return fail("cancelled", "cancelled", "cancelled by its submitter; nothing was released")
+        return fail(JobState.CANCELLED, "cancelled", "cancelled by its submitter; nothing was released")
     except SandboxError as exc:
         # The sandbox's detail is never used: only its code, mapped to our own sentence.
         if exc.code == "cancelled":
-            return fail("cancelled", "cancelled", "cancelled by its submitter; nothing was released")
+            return fail(JobState.CANCELLED, "cancelled", "cancelled by its submitter; nothing was released")
         if exc.code == "isolation_unavailable":
             # The connector's own words about this machine (which layers are missing): for the operator.
             log.error("a job's model cannot be confined here", extra={"job": job.id, "reason": exc.detail})
-        return fail("failed", *sandbox_failure(exc.code))
+        return fail(JobState.FAILED, *sandbox_failure(exc.code))
     except ModelOutputError:
-        return fail("failed", *model_failure("model_output"))
+        return fail(JobState.FAILED, *model_failure("model_output"))
     except PackageError:
-        return fail("failed", *model_failure("invalid_package"))
+        return fail(JobState.FAILED, *model_failure("invalid_package"))
     except Exception as exc:  # a job must end, whatever happened; the worker keeps serving
         # Its text may carry what a model wrote (an exception raised through our code): the
         # operator's log gets a digest to match against a reproduction, never the text.
         log.error("job failed unexpectedly", extra={"job": job.id, "error_reference": error_reference(exc)})
-        return fail("failed", *model_failure("internal_error"))
+        return fail(JobState.FAILED, *model_failure("internal_error"))
 
 
 def _run(runtime: Runtime, job: Job, limits: SandboxLimits, notes: _RunNotes) -> None:
@@ -333,7 +336,9 @@ def _run(runtime: Runtime, job: Job, limits: SandboxLimits, notes: _RunNotes) ->
     # The package first: its manifest says which modalities the model reads, so which patients count.
     package_bytes = runtime.objects.get(job.package_key)
     if package_digest(package_bytes) != job.package_digest:
-        raise JobFailure("failed", "package_altered", ["the stored model package does not match its digest"])
+        raise JobFailure(
+            JobState.FAILED, "package_altered", ["the stored model package does not match its digest"]
+        )
     manifest = read_package(package_bytes).manifest
     asked = select_studies(runtime, job.dataset, query, None)
     consenting = [study for study in asked if study.pseudonym in consent.included]
@@ -349,7 +354,9 @@ def _run(runtime: Runtime, job: Job, limits: SandboxLimits, notes: _RunNotes) ->
         list(manifest.input.modalities),
     )
     if not studies:
-        raise JobFailure("failed", "empty_cohort", ["no study of the dataset matches the cohort query"])
+        raise JobFailure(
+            JobState.FAILED, "empty_cohort", ["no study of the dataset matches the cohort query"]
+        )
     _update(
         runtime,
         job.id,
@@ -409,7 +416,7 @@ def _run(runtime: Runtime, job: Job, limits: SandboxLimits, notes: _RunNotes) ->
     patients = len({patient_of[output.study_uid] for output in kept})
     _update(runtime, job.id, studies_skipped=len(stats.skipped) + len(dropped) + len(outputs) - len(kept))
     if not kept:
-        raise JobFailure("failed", "no_output", ["no study of the cohort could be given to the model"])
+        raise JobFailure(JobState.FAILED, "no_output", ["no study of the cohort could be given to the model"])
     _release(runtime, job, manifest, kept, patients, decimals, notes)
 
 
@@ -445,7 +452,9 @@ def _release(
     def suppress(counts: dict[str, int]) -> dict[str, Any]:
         record = runtime.policy.catalog_record(job.dataset, counts)
         if record is None:
-            raise JobFailure("failed", "no_terms", [f"the policy gives dataset {job.dataset} no valid terms"])
+            raise JobFailure(
+                JobState.FAILED, "no_terms", [f"the policy gives dataset {job.dataset} no valid terms"]
+            )
         return dict(record["counts"])
 
     provenance = {
@@ -473,13 +482,15 @@ def _release(
         decision = runtime.policy.decide_release(release, f"worker:{job.worker}", ["worker"])
         _audit_decision(runtime, job, "release", decision)
         if not decision.allow:
-            raise JobFailure("failed", "egress_denied", [f"egress: {reason}" for reason in decision.reasons])
+            raise JobFailure(
+                JobState.FAILED, "egress_denied", [f"egress: {reason}" for reason in decision.reasons]
+            )
         body = {**document.body, "policy_version_at_release": decision.policy_version}
         try:
             finish_job(
                 runtime,
                 job.id,
-                "succeeded",
+                JobState.SUCCEEDED,
                 "",
                 list(decision.reasons),
                 sign_result(body, runtime.signing_key),
@@ -490,7 +501,7 @@ def _release(
         except _BudgetMoved:
             continue  # another release of this team charged the budget first: decide on the new total
     raise JobFailure(
-        "failed",
+        JobState.FAILED,
         "budget_contended",
         ["the release budget kept changing under this job; nothing was released"],
     )

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select, update
 
@@ -23,8 +21,9 @@ from connector.compute.package import PackageError, read_package
 from connector.compute.package_signing import SignatureError, TeamKeyRegistry, verify_package_signature
 from connector.identity.principal import Principal
 from connector.jobs.failures import MODEL_FAILURES
-from connector.jobs.models import FINAL_STATES, Job
+from connector.jobs.models import Job
 from connector.jobs.requests import JobRequest
+from connector.jobs.schemas import FINAL_STATES, JobRead, JobState
 from connector.runtime import Runtime
 
 
@@ -40,44 +39,23 @@ class UnknownJob(LookupError):
     """No such job, or not one the caller may see (the same answer, so ids cannot be probed)."""
 
 
-@dataclass(frozen=True)
-class JobView:
-    id: str
-    state: str
-    dataset: str
-    purpose: str
-    model: str
-    package_digest: str
-    reasons: list[str]
-    error_code: str
-    policy_version: str
-    cohort_size: int
-    studies_total: int
-    studies_done: int
-    studies_skipped: int
-    created_at: str
-    started_at: str
-    finished_at: str
-    has_result: bool
-
-
 def _reasons_of(job: Job) -> list[str]:
     # A failure the model could cause is shown as its fixed sentence whatever the row holds, so a
     # row written before failures were fixed sentences cannot carry a model's text out either.
-    if job.state == "failed" and job.error_code in MODEL_FAILURES:
+    if job.state == JobState.FAILED and job.error_code in MODEL_FAILURES:
         return [MODEL_FAILURES[job.error_code]]
     return [str(reason) for reason in json.loads(job.reasons)]
 
 
-def view_of(job: Job) -> JobView:
-    return JobView(
+def view_of(job: Job) -> JobRead:
+    return JobRead(
         id=job.id,
-        state=job.state,
+        state=JobState(job.state),
         dataset=job.dataset,
         purpose=job.purpose,
         model=job.model,
         package_digest=job.package_digest,
-        reasons=_reasons_of(job),
+        reasons=tuple(_reasons_of(job)),
         error_code=job.error_code,
         policy_version=job.policy_version,
         cohort_size=job.cohort_size,
@@ -112,7 +90,7 @@ def cohort_patients(
 
 def submit(
     runtime: Runtime, principal: Principal, request: JobRequest, package_bytes: bytes, signature: str
-) -> JobView:
+) -> JobRead:
     """Check, decide, store and queue one job; JobRefused when the submission itself is unusable."""
     try:
         package = read_package(package_bytes)
@@ -165,7 +143,7 @@ def submit(
         team_key_id=signed.key_id,
         model=f"{package.manifest.name}@{package.manifest.version}",
         batch_size=request.batch_size,
-        state="queued" if decision.allow else "denied",
+        state=JobState.QUEUED if decision.allow else JobState.DENIED,
         reasons=json.dumps(list(decision.reasons)),
         error_code="" if decision.allow else "access_denied",
         policy_version=decision.policy_version or "",
@@ -247,12 +225,12 @@ def _owned(runtime: Runtime, job_id: str, principal: Principal | None) -> Job:
         return job
 
 
-def get_job(runtime: Runtime, job_id: str, principal: Principal | None = None) -> JobView:
+def get_job(runtime: Runtime, job_id: str, principal: Principal | None = None) -> JobRead:
     """The job's status; with a principal, only when they submitted it."""
     return view_of(_owned(runtime, job_id, principal))
 
 
-def list_jobs(runtime: Runtime, principal: Principal | None = None, limit: int = 100) -> list[JobView]:
+def list_jobs(runtime: Runtime, principal: Principal | None = None, limit: int = 100) -> list[JobRead]:
     with runtime.sessions() as session:
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if principal is not None:
@@ -262,21 +240,21 @@ def list_jobs(runtime: Runtime, principal: Principal | None = None, limit: int =
         return [view_of(job) for job in session.execute(query).scalars()]
 
 
-def cancel_job(runtime: Runtime, job_id: str, principal: Principal) -> JobView:
+def cancel_job(runtime: Runtime, job_id: str, principal: Principal) -> JobRead:
     """A queued job is cancelled at once; a running one at its next batch (nothing released)."""
     _owned(runtime, job_id, principal)
     with runtime.sessions() as session, session.begin():
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "queued")
+            .where(Job.id == job_id, Job.state == JobState.QUEUED)
             .values(
-                state="cancelled",
+                state=JobState.CANCELLED,
                 finished_at=utc_now_text(),
                 reasons=json.dumps(["cancelled by its submitter"]),
             )
         )
         session.execute(
-            update(Job).where(Job.id == job_id, Job.state == "running").values(cancel_requested=True)
+            update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING).values(cancel_requested=True)
         )
     runtime.audit.record(principal.subject, "job.cancel", job_id, "success")
     return get_job(runtime, job_id, principal)
@@ -290,7 +268,3 @@ def result_of(runtime: Runtime, job_id: str, principal: Principal) -> str:
         raise UnknownJob(f"job {job_id} has no result: it is {state}")
     runtime.audit.record(principal.subject, "job.result.download", job_id, "success")
     return job.result
-
-
-def as_dict(view: JobView) -> dict[str, Any]:
-    return dict(view.__dict__)

@@ -22,6 +22,7 @@ from connector.identity.principal import Principal
 from connector.identity.roles import Role
 from connector.jobs import service
 from connector.jobs.requests import JobRequest
+from connector.jobs.schemas import JobRead, JobState
 from connector.policy.requests import problems
 
 router = APIRouter(tags=["compute-to-data"])
@@ -29,34 +30,10 @@ Researcher = Annotated[Principal, Depends(requires(Role.RESEARCHER))]
 KeyKeeper = Annotated[Principal, Depends(requires(Role.STEWARD, Role.DPO))]
 
 
-class JobOut(BaseModel):
-    id: str
-    state: str
-    dataset: str
-    purpose: str
-    model: str
-    package_digest: str
-    reasons: list[str]
-    error_code: str
-    policy_version: str
-    cohort_size: int
-    studies_total: int
-    studies_done: int
-    studies_skipped: int
-    created_at: str
-    started_at: str
-    finished_at: str
-    has_result: bool
-
-
-def _out(view: service.JobView) -> JobOut:
-    return JobOut(**service.as_dict(view))
-
-
 @router.post(
     "/v1/jobs",
     status_code=202,
-    response_model=JobOut,
+    response_model=JobRead,
     summary="Submit a job: a signed model package and a request (dataset, purpose, permit, cohort)",
 )
 async def submit_job(
@@ -80,30 +57,30 @@ async def submit_job(
         view = await run_in_threadpool(service.submit, runtime, principal, parsed, package_bytes, signature)
     except service.JobRefused as exc:
         raise ApiError(422, exc.code, "the submission was refused", problems=exc.problems) from None
-    if view.state == "denied":
-        raise ApiError(403, "access_denied", "; ".join(view.reasons), job=view.id, reasons=view.reasons)
-    return _out(view)
+    if view.state == JobState.DENIED:
+        raise ApiError(403, "access_denied", "; ".join(view.reasons), job=view.id, reasons=list(view.reasons))
+    return view
 
 
-@router.get("/v1/jobs", response_model=list[JobOut], summary="Your jobs, newest first")
+@router.get("/v1/jobs", response_model=list[JobRead], summary="Your jobs, newest first")
 def list_jobs(
     request: Request, principal: Researcher, limit: Annotated[int, Query(ge=1, le=500)] = 100
-) -> list[JobOut]:
-    return [_out(view) for view in service.list_jobs(runtime_of(request), principal, limit)]
+) -> list[JobRead]:
+    return service.list_jobs(runtime_of(request), principal, limit)
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobOut, summary="A job's state and progress")
-def get_job(request: Request, job_id: str, principal: Researcher) -> JobOut:
+@router.get("/v1/jobs/{job_id}", response_model=JobRead, summary="A job's state and progress")
+def get_job(request: Request, job_id: str, principal: Researcher) -> JobRead:
     try:
-        return _out(service.get_job(runtime_of(request), job_id[:64], principal))
+        return service.get_job(runtime_of(request), job_id[:64], principal)
     except service.UnknownJob as exc:
         raise ApiError(404, "not_found", str(exc)) from None
 
 
-@router.post("/v1/jobs/{job_id}/cancel", response_model=JobOut, summary="Cancel a job (nothing is released)")
-def cancel_job(request: Request, job_id: str, principal: Researcher) -> JobOut:
+@router.post("/v1/jobs/{job_id}/cancel", response_model=JobRead, summary="Cancel a job (nothing is released)")
+def cancel_job(request: Request, job_id: str, principal: Researcher) -> JobRead:
     try:
-        return _out(service.cancel_job(runtime_of(request), job_id[:64], principal))
+        return service.cancel_job(runtime_of(request), job_id[:64], principal)
     except service.UnknownJob as exc:
         raise ApiError(404, "not_found", str(exc)) from None
 
