@@ -293,6 +293,24 @@ def test_deep_json_to_the_api_is_a_400_with_a_reason(client: TestClient, token_f
     assert fine.status_code == 422
 
 
+def test_a_body_of_escaped_quotes_is_scanned_once_not_once_per_quote(
+    client: TestClient, token_for: Any
+) -> None:
+    """A regex that could fail at a quote is retried from every later quote: 1 MiB of unterminated
+    escaped quotes behind enough brackets to pass the quick count took hours on one request (the
+    event loop held). Now it is one linear pass; brackets before the string still count."""
+    from connector.identity.roles import Role
+    from tests.conftest import bearer
+
+    hostile = b"[" * 70 + b'"' + b'\\"' * 340_000
+    headers = {**bearer(token_for(Role.DPO)), "content-type": "application/json"}
+    answer = client.post("/v1/policy/check", content=hostile, headers=headers)
+    assert answer.status_code == 400 and answer.json()["error"] == "json_too_deep"
+    shallow = b"[" + b"[]," * 70 + b'"' + b'\\"' * 340_000 + b"\\"  # depth 2, a lone backslash at the end
+    answer = client.post("/v1/policy/check", content=shallow, headers=headers)
+    assert answer.status_code == 422, answer.text  # reaches the route, whose parser says why
+
+
 def test_every_error_body_carries_this_requests_id(client: TestClient, token_for: Any) -> None:
     from connector.identity.roles import Role
     from tests.conftest import bearer

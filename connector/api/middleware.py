@@ -27,8 +27,11 @@ errors_log = logging.getLogger("connector.api")
 # (path, code, detail, request id) -> the error document; lets /dsp answer in the protocol's shape.
 ErrorBody = Callable[[str, str, str, str], dict[str, Any]]
 
-# A complete JSON string (escapes included); its brackets are text, not nesting.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string (escapes included); its brackets are text, not nesting. An unterminated one runs to
+# the end of the body: every quote then starts a match that succeeds, so the scan stays linear (a
+# pattern that could fail at a quote would be retried from each later quote: quadratic in a body
+# of escaped quotes, minutes for one request).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 
