@@ -7,6 +7,8 @@ a failing test run or a denied decision exits 1, bad input exits 2 with one line
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -299,6 +301,19 @@ def policy_pending(
     console.table(table)
 
 
+@contextmanager
+def _approval_refusals() -> Iterator[None]:
+    """An unknown approval id is a usage error (exit 2); a refused decision on one exits 1 with its code."""
+    from connector.policy.service import ApprovalError
+
+    try:
+        yield
+    except LookupError as exc:
+        raise _fail(str(exc)) from None
+    except ApprovalError as exc:
+        raise _fail(f"{exc.code}: {exc}", code=1) from None
+
+
 @policy_app.command("approve")
 def policy_approve(
     approval_id: Annotated[int, typer.Argument(help="The pending activation's id.")],
@@ -306,15 +321,8 @@ def policy_approve(
     as_json: JsonFlag = False,
 ) -> None:
     """Approve another DPO's pending activation: every check runs again, then it is activated."""
-    from connector.policy.service import ApprovalError
-
-    with runtime_for(settings()) as runtime:
-        try:
-            outcome = runtime.policy.approve(approval_id, cli_actor(), note)
-        except LookupError as exc:
-            raise _fail(str(exc)) from None
-        except ApprovalError as exc:
-            raise _fail(f"{exc.code}: {exc}", code=1) from None
+    with runtime_for(settings()) as runtime, _approval_refusals():
+        outcome = runtime.policy.approve(approval_id, cli_actor(), note)
     _print_activation(outcome, as_json)
 
 
@@ -324,15 +332,8 @@ def policy_reject(
     note: Annotated[str, typer.Option(help="Why rejected (audited).")] = "",
 ) -> None:
     """Reject a pending activation (its requester may withdraw it the same way)."""
-    from connector.policy.service import ApprovalError
-
-    with runtime_for(settings()) as runtime:
-        try:
-            decided = runtime.policy.reject(approval_id, cli_actor(), note)
-        except LookupError as exc:
-            raise _fail(str(exc)) from None
-        except ApprovalError as exc:
-            raise _fail(f"{exc.code}: {exc}", code=1) from None
+    with runtime_for(settings()) as runtime, _approval_refusals():
+        decided = runtime.policy.reject(approval_id, cli_actor(), note)
     console.print(f"activation #{decided.id} rejected", highlight=False)
 
 
